@@ -10,8 +10,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from . import labgen, notebooks
-from .course import ManifestError, UnknownLabError, load_course
+from . import labgen, notebooks, progress, render
+from .checks import LabResult, run_checks
+from .course import Course, Lab, ManifestError, UnknownLabError, load_course
 from .database import DatabaseUnavailableError, locate
 from .dsn import mask_dsn
 from .embedded import EmbeddedServer, EmbeddedServerError, binary
@@ -100,6 +101,121 @@ def db_psql(ctx: typer.Context) -> None:
     raise typer.Exit(subprocess.call([str(binary("psql")), *args], env=env))
 
 
+# -- learner commands -----------------------------------------------------------
+LabId = Annotated[str | None, typer.Argument(help="lab id, e.g. 01 (default: the first lab not done)")]
+
+
+def _course() -> Course:
+    try:
+        return load_course()
+    except ManifestError as exc:
+        raise fail(str(exc)) from None
+
+
+def _pick_lab(course: Course, lab_id: str | None) -> Lab:
+    if lab_id is not None:
+        try:
+            return course.lab(lab_id)
+        except UnknownLabError as exc:
+            raise fail(str(exc)) from None
+    for item in progress.course_status(course):
+        if item.status != progress.DONE:
+            return item.lab
+    return course.labs[-1]
+
+
+def _check(course: Course, lab: Lab, target: str, verbose: bool) -> LabResult:
+    with console.status(f"running the checks of lab {lab.id} against {target}/ ..."):
+        result = run_checks(lab, target)
+    render.check_report(console, result, course, verbose=verbose)
+    if target == "labs":
+        progress.record(result, course.root)
+    return result
+
+
+@app.command("check")
+def check(
+    lab_id: LabId = None,
+    target: Annotated[str, typer.Option(help="labs (your code), solutions, or a folder")] = "labs",
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show the full output of failing checks")] = False,
+) -> None:
+    """Run a lab's checks against your code in labs/. Exit 0 when all pass, 1 otherwise."""
+    course = _course()
+    result = _check(course, _pick_lab(course, lab_id), target, verbose)
+    raise typer.Exit(0 if result.all_passed else 1)
+
+
+@app.command("progress")
+def show_progress() -> None:
+    """Every lab, its status and points, and an overall progress bar."""
+    console.print(render.progress_table(progress.course_status(_course())))
+
+
+@app.command("hint")
+def hint(
+    lab_id: Annotated[str, typer.Argument(help="lab id, e.g. 01")],
+    reset: Annotated[bool, typer.Option("--reset", help="start this lab's hints from the first again")] = False,
+) -> None:
+    """Show the next hint for a lab (each call reveals one more; never the solution)."""
+    course = _course()
+    lab = _pick_lab(course, lab_id)
+    if reset:
+        progress.reset_hints(lab)
+        console.print(f"hints of lab {lab.id} reset")
+        return
+    shown, hints = progress.next_hint(lab)
+    for number, text in enumerate(hints, 1):
+        style = "bold" if number == shown else "dim"
+        console.print(f"[{style}]Hint {number}/{len(lab.hints)}:[/] " + text.replace("[", r"\["), style=style)
+    if shown == len(lab.hints):
+        console.print(f"[dim]That was the last hint. Reread {lab.tutorial}, and read the failing "
+                      f"check's message with `pglab check {lab.id} -v`.[/]")
+
+
+@app.command("watch")
+def watch(
+    lab_id: LabId = None,
+    poll: Annotated[bool, typer.Option("--poll", help="poll for changes (network drives, containers)")] = False,
+    manual: Annotated[bool, typer.Option("--manual", help="re-run when you press Enter instead of watching files")] = False,
+) -> None:
+    """Re-run the checks whenever you save a file in labs/ (Ctrl-C to stop)."""
+    course = _course()
+    lab = _pick_lab(course, lab_id)
+    _check(course, lab, "labs", False)
+    if not manual:
+        try:
+            import watchfiles
+
+            console.print(f"[dim]watching {course.root / 'labs'} ... (Ctrl-C to stop)[/]")
+            for changes in watchfiles.watch(course.root / "labs", force_polling=poll or None,
+                                            watch_filter=watchfiles.PythonFilter()):
+                lab = _lab_for_changes(course, changes) or lab
+                console.rule(f"lab {lab.id}")
+                _check(course, lab, "labs", False)
+            return
+        except KeyboardInterrupt:
+            return
+        except OSError as exc:  # e.g. inotify watch limit reached
+            err.print(f"[yellow]file watching is unavailable ({exc}); falling back to manual mode[/]")
+    _manual_loop(course, lab)
+
+
+def _lab_for_changes(course: Course, changes: set[tuple[object, str]]) -> Lab | None:
+    names = {os.path.basename(path) for _, path in changes}
+    return next((lab for lab in course.labs if f"{lab.module}.py" in names), None)
+
+
+def _manual_loop(course: Course, lab: Lab) -> None:
+    while True:
+        try:
+            answer = input("Press Enter to re-run the checks, or type q and Enter to stop: ")
+        except (EOFError, KeyboardInterrupt):
+            return
+        if answer.strip().lower() == "q":
+            return
+        _check(course, lab, "labs", False)
+
+
 # -- authoring ----------------------------------------------------------------
 @app.command("build-labs")
 def build_labs(check: Annotated[bool, typer.Option("--check", help="only report; exit 1 if labs/ is out of sync")] = False) -> None:
@@ -149,6 +265,40 @@ def lint() -> None:
     if problems:
         raise fail(f"{len(problems)} problem(s) in course.toml", 1)
     console.print(f"[green]course.toml is valid[/]: {len(load_course().labs)} labs")
+
+
+@app.command("verify-checks")
+def verify_checks() -> None:
+    """Course self-check: every graded test passes on solutions/ and fails on labs/."""
+    from .verify import verify
+
+    with console.status("running every graded check against solutions/ and labs/ ..."):
+        verdicts = verify(_course())
+    bad = [v for v in verdicts if not v.honest]
+    skipped = [v for v in verdicts if v.on_solution == "skip"]
+    for verdict in skipped:
+        console.print(f"[yellow]skipped in both trees[/] {verdict.nodeid}")
+    for verdict in bad:
+        err.print(f"[red]dishonest check[/] {verdict.nodeid}: solution {verdict.on_solution}, "
+                  f"skeleton {verdict.on_skeleton}")
+    if bad:
+        raise fail(f"{len(bad)} of {len(verdicts)} graded checks do not fail on the skeleton "
+                   "and pass on the solution", 1)
+    console.print(f"[green]all {len(verdicts) - len(skipped)} graded checks pass on solutions/ "
+                  f"and fail on labs/[/]" + (f" ({len(skipped)} skipped in both)" if skipped else ""))
+
+
+def _register_extensions() -> None:
+    """Commands that live in their own modules: grade, bench, db pgbouncer."""
+    import importlib
+    import importlib.util
+
+    for name, parent in (("grade", app), ("bench", app), ("pgbouncer", db_app)):
+        if importlib.util.find_spec(f"pglab.{name}") is not None:
+            importlib.import_module(f"pglab.{name}").register(parent)
+
+
+_register_extensions()
 
 
 def main() -> None:

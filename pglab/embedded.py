@@ -77,9 +77,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def as_server_user() -> dict[str, object]:
+    """`subprocess` arguments that drop root to the server user (uid, gid and groups)."""
+    if os.geteuid() != 0:
+        return {}
+    return {"user": SYSTEM_USER, "group": SYSTEM_USER, "extra_groups": []}
+
+
 def _run_as_server_user(args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
-    user = SYSTEM_USER if os.geteuid() == 0 else None
-    return subprocess.run(args, user=user, capture_output=True, text=True, **kwargs)  # type: ignore[call-overload]
+    return subprocess.run(args, capture_output=True, text=True, **as_server_user(), **kwargs)  # type: ignore[call-overload]
 
 
 def _ensure_system_user() -> pwd.struct_passwd:

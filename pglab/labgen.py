@@ -81,7 +81,7 @@ def _default_todo(previous: list[str]) -> str:
     return "implement this part"
 
 
-def _with_header(module_text: str, name: str) -> str:
+def with_header(module_text: str, name: str) -> str:
     lab_id = re.match(r"lab(\d{2})_", name)
     header = HEADER.format(lab_id=lab_id[1] if lab_id else "", name=name)
     return header + module_text
@@ -92,7 +92,7 @@ def plan(root: Path | None = None) -> list[LabFile]:
     root = root or course_root()
     files = []
     for solution in sorted((root / "solutions").glob("lab*.py")):
-        text = _with_header(skeletonize(solution.read_text(), str(solution.relative_to(root))), solution.name)
+        text = with_header(skeletonize(solution.read_text(), str(solution.relative_to(root))), solution.name)
         files.append(LabFile(solution, root / "labs" / solution.name, text))
     return files
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nbformat
-
 from .paths import course_root
 
 NOTEBOOK_FOLDERS = ("tutorials", "workshops")
@@ -18,6 +16,8 @@ def notebooks(root: Path | None = None) -> list[Path]:
 
 
 def carries_outputs(path: Path) -> bool:
+    import nbformat  # slow to import: only when needed
+
     nb = nbformat.read(path, as_version=4)
     return any(cell.get("outputs") or cell.get("execution_count")
                for cell in nb.cells if cell.cell_type == "code")
@@ -25,6 +25,8 @@ def carries_outputs(path: Path) -> bool:
 
 def strip(path: Path) -> bool:
     """Remove outputs and execution counts in place; True when the file changed."""
+    import nbformat
+
     nb = nbformat.read(path, as_version=4)
     if not carries_outputs(path):
         return False
