@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from . import labgen, notebooks, progress, render
+from . import bench, grade, labgen, notebooks, pgbouncer, progress, render
 from .checks import LabResult, run_checks
 from .course import Course, Lab, ManifestError, UnknownLabError, load_course
 from .database import DatabaseUnavailableError, locate
@@ -288,17 +288,9 @@ def verify_checks() -> None:
                   f"and fail on labs/[/]" + (f" ({len(skipped)} skipped in both)" if skipped else ""))
 
 
-def _register_extensions() -> None:
-    """Commands that live in their own modules: grade, bench, db pgbouncer."""
-    import importlib
-    import importlib.util
-
-    for name, parent in (("grade", app), ("bench", app), ("pgbouncer", db_app)):
-        if importlib.util.find_spec(f"pglab.{name}") is not None:
-            importlib.import_module(f"pglab.{name}").register(parent)
-
-
-_register_extensions()
+# Commands that live in their own modules (each keeps its heavy imports inside functions).
+for _module, _parent in ((grade, app), (bench, app), (pgbouncer, db_app)):
+    _module.register(_parent)
 
 
 def main() -> None:

@@ -266,6 +266,7 @@ class EmbeddedServer:
                 str(binary("initdb")), "-D", str(self.data_dir), "-U", ROLE, f"--pwfile={pwfile}",
                 "--auth-host=scram-sha-256", "--auth-local=scram-sha-256",
                 "--encoding=UTF8", "--locale=C", "--no-instructions",
+                "--no-sync",  # a course cluster needs no fsync at creation: much faster on busy disks
             ], timeout=120)
         finally:
             pwfile.unlink(missing_ok=True)

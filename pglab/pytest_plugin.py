@@ -125,10 +125,10 @@ def _skip_reason(report: pytest.TestReport) -> str:
 def _short_message(report: pytest.TestReport) -> str:
     crash = getattr(report.longrepr, "reprcrash", None)
     message = crash.message if crash is not None else str(report.longrepr).strip().splitlines()[-1]
-    if message.startswith("NotImplementedError: "):
+    if "Timeout" in message and "pytest-timeout" in str(report.longrepr):
+        message = "the test did not finish in time (a hang: an await that never returns?)"
+    elif message.startswith("NotImplementedError: "):
         message = "not implemented yet: " + message.removeprefix("NotImplementedError: ")
     elif message.startswith("Failed: "):
         message = message.removeprefix("Failed: ")
-    elif "Timeout" in message and "pytest-timeout" in str(report.longrepr):
-        message = "the test did not finish in time (a hang: an await that never returns?)"
     return scrub_secrets(message)

@@ -56,10 +56,13 @@ async def test_connect_query_close_returns_one_and_leaves_nothing_open(lab, dsn,
 
 
 async def test_pooled_query_borrows_and_returns(lab, dsn):
-    async with asyncpg.create_pool(dsn, min_size=1, max_size=1) as pool:
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
+    try:
         for _ in range(3):  # with max_size=1, a connection not given back would hang the 2nd call
             assert await within(lab.pooled_query(pool), 5, "pooled_query()") == 1
         assert pool.get_idle_size() == 1, "pooled_query() must give the connection back to the pool"
+    finally:
+        pool.terminate()  # close() would wait forever for a connection never given back
 
 
 async def test_time_operation_measures_each_call_in_sequence(lab):

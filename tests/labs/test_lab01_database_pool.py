@@ -18,6 +18,19 @@ def lab(load_lab):
     return load_lab(MODULE)
 
 
+class await_bounded:  # noqa: N801 - reads like the context manager it wraps
+    """`async with await_bounded(db.acquire())`: entering fails the check after 5 s instead of hanging."""
+
+    def __init__(self, acquire_context):
+        self.context = acquire_context
+
+    async def __aenter__(self):
+        return await within(self.context.__aenter__(), 5, "entering `async with db.acquire()`")
+
+    async def __aexit__(self, *exc_info):
+        return await within(self.context.__aexit__(*exc_info), 5, "leaving `async with db.acquire()`")
+
+
 @pytest.fixture
 async def db(lab, dsn, app_name):
     """An initialised DatabasePool (min 1, max 3), closed afterwards."""
@@ -68,7 +81,7 @@ async def test_every_connection_gets_the_session_settings(db, app_name):
 
 
 async def test_session_settings_cost_no_extra_round_trip(db):
-    async with db.acquire() as conn:
+    async with await_bounded(db.acquire()) as conn:
         rows = await conn.fetch(
             "SELECT name, source FROM pg_settings WHERE name IN ('TimeZone', 'search_path', 'statement_timeout')"
         )
@@ -80,7 +93,7 @@ async def test_session_settings_cost_no_extra_round_trip(db):
 
 
 async def test_acquire_works_as_async_context_manager(db):
-    async with db.acquire() as conn:
+    async with await_bounded(db.acquire()) as conn:
         assert await conn.fetchval("SELECT 1") == 1
         assert db.get_pool_stats()["in_use"] == 1
     assert db.get_pool_stats()["in_use"] == 0, "leaving `async with` should give the connection back"
@@ -98,7 +111,7 @@ async def test_acquire_is_awaitable_and_release_returns_it(db):
 
 
 async def test_acquire_times_out_when_the_pool_stays_exhausted(db):
-    held = [await db.acquire() for _ in range(3)]
+    held = [await within(db.acquire(), 5, "acquire()") for _ in range(3)]
     try:
         with pytest.raises(asyncio.TimeoutError):
             await within(db.acquire(timeout=0.2), 5, "acquire(timeout=0.2) on an exhausted pool")
@@ -112,7 +125,7 @@ async def test_get_pool_stats_reports_public_counts(db):
     assert set(stats) >= {"min_size", "max_size", "size", "idle", "in_use"}, f"missing keys in {stats}"
     assert all(type(v) is int for v in stats.values()), f"all stats should be ints: {stats}"
     assert (stats["min_size"], stats["max_size"]) == (1, 3)
-    async with db.acquire() as _a, db.acquire() as _b:
+    async with await_bounded(db.acquire()) as _a, await_bounded(db.acquire()) as _b:
         stats = db.get_pool_stats()
         assert stats["in_use"] == 2, f"two borrowed connections should show in_use == 2: {stats}"
         assert stats["size"] == stats["idle"] + stats["in_use"]

@@ -1,0 +1,75 @@
+# Your lab file: replace each `raise NotImplementedError("TODO: ...")` with your code,
+# then run `pglab check 04`. (Generated from solutions/lab04_health_monitor.py by `pglab build-labs`.)
+"""Lab 04: `ConnectionHealthMonitor`, a background health check that survives failures.
+
+One check borrows a connection and runs `SELECT 1`, the whole of it bounded by
+`timeout`: an exhausted pool or a server that stopped answering must turn into
+"unhealthy" within seconds, never into a check that hangs. The background loop
+turns every failure into a status and keeps going; only `stop_monitoring()`
+ends it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+
+class Pool(Protocol):
+    """What this lab needs from lab 01's `DatabasePool` (duck typing, no import)."""
+
+    def acquire(self, *, timeout: float | None = None) -> Any: ...
+
+    def get_pool_stats(self) -> dict[str, int]: ...
+
+
+class ConnectionHealthMonitor:
+    """Checks the pool every `check_interval` seconds; each check gives up after `timeout`."""
+
+    def __init__(self, pool: Pool, check_interval: float = 30.0, timeout: float = 5.0) -> None:
+        self.pool = pool
+        self.check_interval = check_interval
+        self.timeout = timeout
+        self._task: asyncio.Task[None] | None = None
+        self._status: dict[str, Any] = {
+            "status": "unknown", "last_check": None, "response_time": None,
+            "error": None, "consecutive_failures": 0,
+        }
+
+    async def _ping(self) -> None:
+        async with self.pool.acquire() as conn:
+            await conn.fetchval("SELECT 1")
+
+    async def check_health(self) -> dict[str, Any]:
+        """Run one check now, record it, and return `get_health_status()`.
+
+        Never raises (except CancelledError): a failure becomes status "unhealthy"
+        with the reason in `error`.
+        """
+        raise NotImplementedError("TODO: implement check_health()")
+
+    async def _monitor_loop(self) -> None:
+        # check_health() never raises, so one failed check cannot end the loop;
+        # CancelledError (a BaseException) from stop_monitoring() does.
+        while True:
+            await self.check_health()
+            await asyncio.sleep(self.check_interval)
+
+    async def start_monitoring(self) -> None:
+        """Start the background loop; does nothing if it is already running."""
+        raise NotImplementedError("TODO: implement start_monitoring()")
+
+    async def stop_monitoring(self) -> None:
+        """Cancel the loop and wait until it has really finished."""
+        raise NotImplementedError("TODO: implement stop_monitoring()")
+
+    def get_health_status(self) -> dict[str, Any]:
+        """The last check plus the pool's current `pool_stats` (status "unknown" before any)."""
+        raise NotImplementedError("TODO: implement get_health_status()")
+
+    def is_healthy(self) -> bool:
+        """True when the last check succeeded."""
+        raise NotImplementedError("TODO: implement is_healthy()")

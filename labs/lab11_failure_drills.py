@@ -1,0 +1,112 @@
+# Your lab file: replace each `raise NotImplementedError("TODO: ...")` with your code,
+# then run `pglab check 11`. (Generated from solutions/lab11_failure_drills.py by `pglab build-labs`.)
+"""Lab 11: failure drills — safe errors, back-pressure, retries and cancellation.
+
+Four small tools that keep a service honest when the database misbehaves:
+`map_db_error` turns any database failure into an HTTP-style status and a message
+safe to show a client; `BoundedPool` refuses to queue borrowers without limit;
+`resilient_fetch` rides out terminated backends and server restarts until a
+deadline; and both stay correct when the task using them is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+
+# Fixed texts: a client learns what kind of failure happened, never the SQL,
+# the parameters, a constraint's key values or a connection string.
+MESSAGES = {
+    409: "This record already exists.",
+    500: "Internal server error.",
+    503: "The database is unavailable or busy. Please retry shortly.",
+    504: "The database took too long to answer.",
+}
+
+
+class TooManyWaitersError(RuntimeError):
+    """Raised at once when `max_waiting` borrowers already wait (psycopg_pool's TooManyRequests)."""
+
+
+class DeadlineExceededError(RuntimeError):
+    """`resilient_fetch` gave up: the database stayed unreachable until the deadline."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for failures a later attempt can fix: the connection, the backend or the whole
+    server went away, the server is (re)starting, or no connection freed up in time.
+
+    When the server kills a session under a pooled connection, asyncpg may report it on
+    the next use as InternalClientError ("another operation is in progress"): transient too.
+    """
+    raise NotImplementedError("TODO: implement is_transient()")
+
+
+def map_db_error(exc: BaseException) -> tuple[int, str]:
+    """HTTP-style status and a safe message: unavailable database or exhausted pool
+    -> 503, unique violation -> 409, statement timeout -> 504, anything else -> 500.
+    The message is one of MESSAGES: never `str(exc)`, which may carry SQL, values or secrets."""
+    raise NotImplementedError("TODO: implement map_db_error()")
+
+
+class BoundedPool:
+    """A pool wrapper that queues at most `max_waiting` borrowers, like psycopg_pool's
+    `max_waiting`: the next one gets TooManyWaitersError at once instead of waiting forever.
+
+    Wraps an asyncpg.Pool or a lab 01 DatabasePool (anything with `await acquire(timeout=)`
+    and `await release(conn)`; pass `max_size` unless it has `get_max_size()`). Every
+    borrower must go through it: it counts them itself.
+    """
+
+    def __init__(self, pool: Any, *, max_waiting: int, timeout: float | None = None,
+                 max_size: int | None = None) -> None:
+        self.pool = pool
+        self.max_waiting = max_waiting
+        self.timeout = timeout
+        self.max_size: int = max_size if max_size is not None else pool.get_max_size()
+        self.borrowers = 0  # inside acquire() or holding a connection
+
+    @property
+    def waiting(self) -> int:
+        """Borrowers queued for a connection: those beyond the pool's capacity."""
+        return max(0, self.borrowers - self.max_size)
+
+    async def acquire(self, *, timeout: float | None = None) -> asyncpg.Connection:
+        """Borrow a connection, waiting at most `timeout` (default: the pool's `timeout`).
+
+        Raises TooManyWaitersError at once when `max_waiting` borrowers already wait,
+        and asyncio.TimeoutError when no connection frees up in time.
+        """
+        raise NotImplementedError("TODO: implement acquire()")
+
+    async def release(self, conn: asyncpg.Connection) -> None:
+        """Give back a connection from `acquire()`, even when the caller is being cancelled."""
+        raise NotImplementedError("TODO: implement release()")
+
+    @contextlib.asynccontextmanager
+    async def connection(
+        self, *, timeout: float | None = None
+    ) -> AsyncIterator[asyncpg.Connection]:
+        """`async with bounded.connection() as conn:` borrows and always gives back."""
+        conn = await self.acquire(timeout=timeout)
+        try:
+            yield conn
+        finally:
+            await self.release(conn)
+
+
+async def resilient_fetch(pool: Any, query: str, *args: Any, deadline: float = 10.0,
+                          base_delay: float = 0.05) -> list[asyncpg.Record]:
+    """`fetch` that retries transient failures (see `is_transient`) for up to `deadline`
+    seconds, with a short growing delay between attempts; any other error propagates at once.
+
+    Raises DeadlineExceededError, chained to the last failure, once the deadline passes.
+    A failure while giving the connection back, after the query succeeded, is not a failure
+    of the call. Retry only reads or idempotent writes: a failed attempt may have committed.
+    """
+    raise NotImplementedError("TODO: implement resilient_fetch()")

@@ -1,0 +1,366 @@
+"""PgBouncer in front of the course server: `pglab db pgbouncer up|down|url|status`.
+
+Uses the system's `pgbouncer` binary (Debian/Ubuntu package `pgbouncer`, Homebrew
+`pgbouncer`), listening on 127.0.0.1 in transaction mode with a small server pool,
+SCRAM authentication for the course role and an admin console (`SHOW POOLS`).
+Its config, log and pid file live under `.pglab/pgbouncer/`. PgBouncer refuses to
+run as root, so as root it runs as the server's system user, as PostgreSQL does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlsplit
+
+from .dsn import build_dsn, with_database
+
+if TYPE_CHECKING:
+    import typer
+
+HOST = "127.0.0.1"
+POOL_SIZE = 10  # server connections per (database, user): small, so the bound shows
+MAX_CLIENTS = 1000
+INSTALL_HINT = (
+    "PgBouncer is not installed: `sudo apt-get install pgbouncer` (Debian/Ubuntu), "
+    "`brew install pgbouncer` (macOS), or run `docker compose up -d pgbouncer` and "
+    "point PGLAB_PGBOUNCER_URL at it"
+)
+# Where packages put it; /usr/sbin is not on a normal user's PATH on Debian.
+_CANDIDATES = ("/usr/sbin/pgbouncer", "/usr/local/sbin/pgbouncer", "/usr/local/bin/pgbouncer",
+               "/opt/homebrew/bin/pgbouncer")
+
+
+class PgBouncerUnavailableError(RuntimeError):
+    """PgBouncer cannot be used here; the message says why and how to get it."""
+
+
+@dataclass(frozen=True)
+class BouncerStatus:
+    running: bool
+    port: int | None
+    pid: int | None
+
+
+def pgbouncer_binary() -> str | None:
+    """Path of the `pgbouncer` program (`PGLAB_PGBOUNCER_BIN` wins), or None."""
+    if explicit := os.environ.get("PGLAB_PGBOUNCER_BIN"):
+        return explicit if os.access(explicit, os.X_OK) else None
+    found = shutil.which("pgbouncer")
+    return found or next((c for c in _CANDIDATES if os.access(c, os.X_OK)), None)
+
+
+def unavailable_reason() -> str | None:
+    """Why PgBouncer cannot be had on this machine, or None when it can."""
+    if os.environ.get("PGLAB_PGBOUNCER_URL") or pgbouncer_binary():
+        return None
+    return INSTALL_HINT
+
+
+def home() -> Path:
+    from .paths import state_dir
+
+    return state_dir() / "pgbouncer"
+
+
+def ensure_pgbouncer(upstream: str | None = None) -> str:
+    """Start PgBouncer unless it runs already; return the course DSN through it.
+
+    `PGLAB_PGBOUNCER_URL` (e.g. the docker compose service) is returned as is.
+    Raises PgBouncerUnavailableError when there is no binary.
+    """
+    if url := os.environ.get("PGLAB_PGBOUNCER_URL"):
+        return url
+    binary = pgbouncer_binary()
+    if binary is None:
+        raise PgBouncerUnavailableError(INSTALL_HINT)
+    if upstream is None:
+        from .database import database_url
+
+        upstream = database_url()
+    with _lock():
+        status = bouncer_status()
+        if status.running and status.port:
+            if _running_config() == _config(upstream, status.port):
+                return _client_dsn(upstream, status.port)
+            _stop()  # the course server moved (new port) or the settings changed: follow
+        port = _start(binary, upstream)
+        _state_file().write_text(json.dumps({"port": port}))
+        return _client_dsn(upstream, port)
+
+
+def admin_dsn(dsn: str | None = None) -> str:
+    """The admin console (`SHOW POOLS`, `SHOW SERVERS`...): database `pgbouncer`."""
+    return with_database(dsn or ensure_pgbouncer(), "pgbouncer")
+
+
+def show(what: str, dsn: str | None = None) -> list[dict[str, str]]:
+    """`SHOW <what>` on the admin console (POOLS, SERVERS, CLIENTS, DATABASES...), as rows."""
+    return admin(f"SHOW {what}", dsn)
+
+
+def admin(command: str, dsn: str | None = None) -> list[dict[str, str]]:
+    """Run one admin console command (`SHOW POOLS`, `RECONNECT pglab`...); its rows, if any.
+
+    The console speaks only the simple query protocol; asyncpg's `fetch` uses the
+    extended one ("extended query protocol not supported by admin console"), so
+    this goes through `psql`.
+    """
+    import csv
+
+    from .embedded import binary
+
+    parts = urlsplit(admin_dsn(dsn))
+    result = subprocess.run(
+        [str(binary("psql")), "-h", parts.hostname or HOST, "-p", str(parts.port or 6432),
+         "-U", unquote(parts.username or ""), "-d", "pgbouncer", "-q", "--csv", "-c", command],
+        capture_output=True, text=True, timeout=30,
+        env={**os.environ, "PGPASSWORD": unquote(parts.password or "")},
+    )
+    if result.returncode != 0:
+        raise PgBouncerUnavailableError(f"{command} failed: {result.stderr.strip()}")
+    return list(csv.DictReader(result.stdout.splitlines()))
+
+
+def stop_pgbouncer() -> bool:
+    """Stop our PgBouncer; False when it was not running."""
+    with _lock():
+        if not bouncer_status().running:
+            return False
+        _stop()
+        return True
+
+
+def bouncer_status() -> BouncerStatus:
+    """Whether the PgBouncer of this checkout runs, from its pid file and its port."""
+    port = _state().get("port")
+    try:
+        pid: int | None = int((home() / "pgbouncer.pid").read_text().strip())
+    except (OSError, ValueError):
+        pid = None
+    running = pid is not None and _alive(pid) and port is not None and _accepting(port)
+    return BouncerStatus(running, port, pid if running else None)
+
+
+# -- internals ------------------------------------------------------------------
+def _client_dsn(upstream: str, port: int) -> str:
+    parts = urlsplit(upstream)
+    return build_dsn(HOST, port, unquote(parts.password or ""), user=unquote(parts.username or ""),
+                     database=parts.path.lstrip("/") or "postgres")
+
+
+def _running_config() -> str:
+    try:
+        return (home() / "pgbouncer.ini").read_text()
+    except OSError:
+        return ""
+
+
+def _state_file() -> Path:
+    return home() / "state.json"
+
+
+def _state() -> dict:
+    try:
+        return json.loads(_state_file().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+@contextlib.contextmanager
+def _lock() -> Iterator[None]:
+    home().mkdir(parents=True, exist_ok=True)
+    with open(home().parent / "pgbouncer.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _auth_secret(upstream: str) -> str:
+    """The role's SCRAM verifier from pg_authid (needs a superuser), else its password.
+
+    With the verifier PgBouncer never stores the password, and it can still log in to
+    the server for the client: SCRAM pass-through (PgBouncer >= 1.14). `psql`, not
+    asyncpg: this may run inside a notebook's event loop.
+    """
+    from .embedded import binary
+
+    parts = urlsplit(upstream)
+    password = unquote(parts.password or "")
+    result = subprocess.run(
+        [str(binary("psql")), "-h", parts.hostname or HOST, "-p", str(parts.port or 5432),
+         "-U", unquote(parts.username or ""), "-d", parts.path.lstrip("/") or "postgres", "-tAc",
+         "SELECT rolpassword FROM pg_authid WHERE rolname = current_user"],
+        capture_output=True, text=True, timeout=30, env={**os.environ, "PGPASSWORD": password},
+    )
+    secret = result.stdout.strip()
+    return secret if result.returncode == 0 and secret.startswith("SCRAM-SHA-256$") else password
+
+
+def _config(upstream: str, port: int) -> str:
+    """pgbouncer.ini for this upstream server and listening port."""
+    parts = urlsplit(upstream)
+    database = parts.path.lstrip("/") or "postgres"
+    server = f"host={parts.hostname} port={parts.port or 5432}"
+    folder = home()
+    return f"""\
+;; Written by `pglab db pgbouncer up`; regenerated on every start.
+[databases]
+{database} = {server} dbname={database}
+* = {server}
+
+[pgbouncer]
+listen_addr = {HOST}
+listen_port = {port}
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = {folder / "userlist.txt"}
+admin_users = {unquote(parts.username or "")}
+pool_mode = transaction
+default_pool_size = {POOL_SIZE}
+max_client_conn = {MAX_CLIENTS}
+logfile = {folder / "pgbouncer.log"}
+pidfile = {folder / "pgbouncer.pid"}
+"""
+
+
+def _write_config(upstream: str, port: int) -> Path:
+    folder = home()
+    secret = _auth_secret(upstream).replace('"', '""')
+    userlist = folder / "userlist.txt"
+    userlist.write_text(f'"{unquote(urlsplit(upstream).username or "")}" "{secret}"\n')
+    userlist.chmod(0o600)
+    ini = folder / "pgbouncer.ini"
+    ini.write_text(_config(upstream, port))
+    if os.geteuid() == 0:
+        _give_to_server_user(folder, [ini, userlist])
+    return ini
+
+
+def _give_to_server_user(folder: Path, files: list[Path]) -> None:
+    from .embedded import _allow_traversal, _ensure_system_user
+
+    user = _ensure_system_user()
+    _allow_traversal(folder)
+    for path in (folder, *files):
+        os.chown(path, user.pw_uid, user.pw_gid)
+
+
+def _start(binary: str, upstream: str) -> int:
+    from .embedded import _run_as_server_user, free_port, port_is_free
+
+    saved = _state().get("port")
+    port = saved if saved and port_is_free(saved) else free_port()
+    (home() / "pgbouncer.pid").unlink(missing_ok=True)  # stale after a crash or reboot
+    ini = _write_config(upstream, port)
+    result = _run_as_server_user([binary, "-d", str(ini)], timeout=30)
+    deadline = time.monotonic() + 10
+    while not _accepting(port):
+        if result.returncode != 0 or time.monotonic() > deadline:
+            raise PgBouncerUnavailableError(
+                f"pgbouncer did not start on {HOST}:{port}:\n{result.stderr.strip()}\n{_log_tail()}"
+            )
+        time.sleep(0.05)
+    return port
+
+
+def _stop() -> None:
+    pid = bouncer_status().pid
+    if pid is None:
+        return
+    os.kill(pid, signal.SIGTERM)  # immediate shutdown; SIGINT would wait for clients
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _accepting(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=1):
+        return True
+    return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _log_tail(lines: int = 10) -> str:
+    try:
+        text = (home() / "pgbouncer.log").read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+# -- CLI ------------------------------------------------------------------------
+def register(db_app: typer.Typer) -> None:
+    """Add `pglab db pgbouncer up|down|url|status`."""
+    import typer
+    from rich.console import Console
+
+    from .dsn import mask_dsn
+
+    console, err = Console(), Console(stderr=True)
+    group = typer.Typer(help="PgBouncer (transaction mode) in front of the course server.",
+                        no_args_is_help=True)
+    db_app.add_typer(group, name="pgbouncer")
+
+    def dsn_or_exit() -> str:
+        try:
+            return ensure_pgbouncer()
+        except PgBouncerUnavailableError as exc:
+            err.print(f"[bold red]error:[/] {exc}")
+            raise typer.Exit(2) from None
+
+    @group.command("up")
+    def up() -> None:
+        """Start PgBouncer (or find it running) and print its DSN, password masked."""
+        dsn = dsn_or_exit()
+        console.print(f"[green]PgBouncer is up[/] (transaction mode, {POOL_SIZE} server "
+                      f"connections per database/user): {mask_dsn(dsn)}")
+        console.print("Full DSN: [bold]pglab db pgbouncer url[/]; "
+                      "admin console: database 'pgbouncer'")
+
+    @group.command("url")
+    def url() -> None:
+        """Print the DSN through PgBouncer (with the password)."""
+        print(dsn_or_exit())
+
+    @group.command("status")
+    def status() -> None:
+        """Say whether PgBouncer runs."""
+        if url := os.environ.get("PGLAB_PGBOUNCER_URL"):
+            console.print(f"PGLAB_PGBOUNCER_URL is set: {mask_dsn(url)} (no local PgBouncer)")
+            return
+        if reason := unavailable_reason():
+            console.print(f"[yellow]{reason}[/]")
+            raise typer.Exit(1)
+        state = bouncer_status()
+        if not state.running:
+            console.print("[yellow]PgBouncer not running[/]; `pglab db pgbouncer up` starts it")
+            raise typer.Exit(1)
+        console.print(f"[green]PgBouncer running[/] on {HOST}:{state.port} (pid {state.pid})")
+
+    @group.command("down")
+    def down() -> None:
+        """Stop PgBouncer."""
+        console.print("PgBouncer stopped" if stop_pgbouncer() else "PgBouncer was not running")

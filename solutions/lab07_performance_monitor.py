@@ -1,0 +1,132 @@
+"""Lab 07: `PoolPerformanceMonitor`: pool and system metrics without stalling the event loop.
+
+Everything here runs on the event loop that also serves the application, so no
+call may block it: `psutil.cpu_percent(interval=1)` sleeps a whole second inside
+the coroutine and freezes every request for that second. `interval=None`
+returns at once the CPU use since the previous call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from statistics import fmean
+from typing import Any, Protocol
+
+import psutil
+
+log = logging.getLogger(__name__)
+
+# Rules of the report: each threshold applies to an average over the recent window.
+NEAR_MAX_UTILIZATION = 0.8  # average in_use / max_size at or above this: the pool is near its max
+UNDER_USED_UTILIZATION = 0.2  # below this: the pool holds connections nobody uses
+HIGH_CPU_PERCENT = 80.0
+HIGH_MEMORY_PERCENT = 85.0
+RECOMMENDATIONS = {
+    "near_max": "Pool is near max_size: raise max_size, or shorten the queries that hold connections.",
+    "high_cpu": "High CPU use: profile the hot path or scale out before adding connections.",
+    "high_memory": "High memory use: look for leaks, e.g. large result sets kept in memory.",
+    "under_used": "Pool is mostly idle: lower min_size to give server backends back.",
+}
+
+
+class PoolMetricsSource(Protocol):
+    """What the monitor needs from lab 05's `AdvancedPoolManager`."""
+
+    def get_pool_metrics(self) -> dict[str, Any]: ...
+
+
+class PoolPerformanceMonitor:
+    """Samples pool and system metrics every `collection_interval` s into a bounded history.
+
+    A sample is `{"timestamp": float, "pool": pool_manager.get_pool_metrics(),
+    "system": {"cpu_percent", "memory_percent", "process_rss_bytes",
+    "disk_read_bytes", "disk_write_bytes"}}`.
+    """
+
+    def __init__(self, pool_manager: PoolMetricsSource, collection_interval: float = 60.0,
+                 history_size: int = 100, report_window: int = 10) -> None:
+        self.pool_manager = pool_manager
+        self.collection_interval = collection_interval
+        self.report_window = report_window
+        self._process = psutil.Process()
+        self._task: asyncio.Task[None] | None = None
+        # BEGIN SOLUTION: create the bounded `metrics_history` and prime the CPU counter
+        self.metrics_history: deque[dict[str, Any]] = deque(maxlen=history_size)  # drops the oldest itself
+        # The first cpu_percent(interval=None) has no previous call to compare with and says 0.0.
+        psutil.cpu_percent(interval=None)
+        # END SOLUTION
+
+    async def collect_metrics(self) -> dict[str, Any]:
+        """Take one sample, append it to `metrics_history` and return it. Never blocks the loop."""
+        # BEGIN SOLUTION
+        disk = psutil.disk_io_counters()  # None where the OS exposes no disk counters
+        sample = {
+            "timestamp": time.time(),
+            "pool": self.pool_manager.get_pool_metrics(),
+            "system": {
+                "cpu_percent": psutil.cpu_percent(interval=None),  # since the last call, no sleep
+                "memory_percent": psutil.virtual_memory().percent,
+                "process_rss_bytes": self._process.memory_info().rss,
+                "disk_read_bytes": disk.read_bytes if disk else 0,
+                "disk_write_bytes": disk.write_bytes if disk else 0,
+            },
+        }
+        self.metrics_history.append(sample)
+        return sample
+        # END SOLUTION
+
+    async def start_monitoring(self) -> None:
+        """Start the background collection task; does nothing if it is already running."""
+        # BEGIN SOLUTION
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run())  # keep a reference: the loop holds tasks weakly
+        # END SOLUTION
+
+    async def stop_monitoring(self) -> None:
+        """Cancel the collection task and wait until it has stopped."""
+        # BEGIN SOLUTION
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        # END SOLUTION
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.collect_metrics()
+            except Exception:  # one failed sample must not end the monitoring
+                log.exception("collecting pool metrics failed")
+            await asyncio.sleep(self.collection_interval)
+
+    def get_performance_report(self) -> dict[str, Any]:
+        """Averages over the last `report_window` samples, pool utilisation (average
+        in_use / max_size) and the list of recommendations (texts from RECOMMENDATIONS)."""
+        # BEGIN SOLUTION
+        recent = list(self.metrics_history)[-self.report_window:]
+        if not recent:
+            return {"samples": 0, "pool_utilization": None, "recommendations": []}
+        stats = [s["pool"]["pool_stats"] for s in recent]
+        utilization = fmean(st["in_use"] / st["max_size"] if st["max_size"] else 0.0 for st in stats)
+        cpu = fmean(s["system"]["cpu_percent"] for s in recent)
+        memory = fmean(s["system"]["memory_percent"] for s in recent)
+        rules = {
+            "near_max": utilization >= NEAR_MAX_UTILIZATION,
+            "high_cpu": cpu >= HIGH_CPU_PERCENT,
+            "high_memory": memory >= HIGH_MEMORY_PERCENT,
+            "under_used": utilization < UNDER_USED_UTILIZATION,
+        }
+        return {
+            "samples": len(recent),
+            "pool_utilization": utilization,
+            "avg_pool_size": fmean(st["size"] for st in stats),
+            "avg_in_use": fmean(st["in_use"] for st in stats),
+            "avg_cpu_percent": cpu,
+            "avg_memory_percent": memory,
+            "avg_process_rss_bytes": fmean(s["system"]["process_rss_bytes"] for s in recent),
+            "recommendations": [RECOMMENDATIONS[name] for name, hit in rules.items() if hit],
+        }
+        # END SOLUTION

@@ -1,0 +1,180 @@
+"""Lab 11: failure drills — safe errors, back-pressure, retries and cancellation.
+
+Four small tools that keep a service honest when the database misbehaves:
+`map_db_error` turns any database failure into an HTTP-style status and a message
+safe to show a client; `BoundedPool` refuses to queue borrowers without limit;
+`resilient_fetch` rides out terminated backends and server restarts until a
+deadline; and both stay correct when the task using them is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+
+# Fixed texts: a client learns what kind of failure happened, never the SQL,
+# the parameters, a constraint's key values or a connection string.
+MESSAGES = {
+    409: "This record already exists.",
+    500: "Internal server error.",
+    503: "The database is unavailable or busy. Please retry shortly.",
+    504: "The database took too long to answer.",
+}
+
+
+class TooManyWaitersError(RuntimeError):
+    """Raised at once when `max_waiting` borrowers already wait (psycopg_pool's TooManyRequests)."""
+
+
+class DeadlineExceededError(RuntimeError):
+    """`resilient_fetch` gave up: the database stayed unreachable until the deadline."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for failures a later attempt can fix: the connection, the backend or the whole
+    server went away, the server is (re)starting, or no connection freed up in time.
+
+    When the server kills a session under a pooled connection, asyncpg may report it on
+    the next use as InternalClientError ("another operation is in progress"): transient too.
+    """
+    # BEGIN SOLUTION
+    return isinstance(exc, (
+        asyncpg.PostgresConnectionError,  # SQLSTATE class 08, incl. "connection was closed"
+        asyncpg.AdminShutdownError,  # pg_terminate_backend, or a fast shutdown
+        asyncpg.CrashShutdownError,
+        asyncpg.CannotConnectNowError,  # "the database system is starting up / shutting down"
+        asyncpg.InternalClientError,  # a session killed mid-protocol (MagicStack/asyncpg#1069)
+        asyncpg.TooManyConnectionsError,
+        OSError,  # connection refused or reset while the server is down
+        asyncio.TimeoutError,  # no connection freed up in time: busy now, maybe not later
+    ))
+    # END SOLUTION
+
+
+def map_db_error(exc: BaseException) -> tuple[int, str]:
+    """HTTP-style status and a safe message: unavailable database or exhausted pool
+    -> 503, unique violation -> 409, statement timeout -> 504, anything else -> 500.
+    The message is one of MESSAGES: never `str(exc)`, which may carry SQL, values or secrets."""
+    # BEGIN SOLUTION
+    if isinstance(exc, asyncpg.UniqueViolationError):
+        status = 409
+    elif isinstance(exc, asyncpg.QueryCanceledError):
+        status = 504  # statement_timeout; test it before the other "operator intervention" errors
+    elif isinstance(exc, (TooManyWaitersError, DeadlineExceededError)) or is_transient(exc):
+        status = 503
+    else:
+        status = 500
+    return status, MESSAGES[status]
+    # END SOLUTION
+
+
+class BoundedPool:
+    """A pool wrapper that queues at most `max_waiting` borrowers, like psycopg_pool's
+    `max_waiting`: the next one gets TooManyWaitersError at once instead of waiting forever.
+
+    Wraps an asyncpg.Pool or a lab 01 DatabasePool (anything with `await acquire(timeout=)`
+    and `await release(conn)`; pass `max_size` unless it has `get_max_size()`). Every
+    borrower must go through it: it counts them itself.
+    """
+
+    def __init__(self, pool: Any, *, max_waiting: int, timeout: float | None = None,
+                 max_size: int | None = None) -> None:
+        self.pool = pool
+        self.max_waiting = max_waiting
+        self.timeout = timeout
+        self.max_size: int = max_size if max_size is not None else pool.get_max_size()
+        self.borrowers = 0  # inside acquire() or holding a connection
+
+    @property
+    def waiting(self) -> int:
+        """Borrowers queued for a connection: those beyond the pool's capacity."""
+        return max(0, self.borrowers - self.max_size)
+
+    async def acquire(self, *, timeout: float | None = None) -> asyncpg.Connection:
+        """Borrow a connection, waiting at most `timeout` (default: the pool's `timeout`).
+
+        Raises TooManyWaitersError at once when `max_waiting` borrowers already wait,
+        and asyncio.TimeoutError when no connection frees up in time.
+        """
+        # BEGIN SOLUTION
+        # Check and count with no await in between: no other task can slip in.
+        if self.borrowers >= self.max_size + self.max_waiting:
+            raise TooManyWaitersError(
+                f"{self.waiting} borrowers already wait (max_waiting={self.max_waiting})"
+            )
+        self.borrowers += 1
+        try:
+            return await self.pool.acquire(timeout=self.timeout if timeout is None else timeout)
+        except BaseException:  # timed out or cancelled while waiting: this borrower leaves
+            self.borrowers -= 1
+            raise
+        # END SOLUTION
+
+    async def release(self, conn: asyncpg.Connection) -> None:
+        """Give back a connection from `acquire()`, even when the caller is being cancelled."""
+        # BEGIN SOLUTION
+        try:
+            # asyncpg shields the release itself: a query cancelled mid-flight is
+            # finished (or the connection closed) before anyone else can borrow it.
+            await self.pool.release(conn)
+        finally:
+            self.borrowers -= 1
+        # END SOLUTION
+
+    @contextlib.asynccontextmanager
+    async def connection(
+        self, *, timeout: float | None = None
+    ) -> AsyncIterator[asyncpg.Connection]:
+        """`async with bounded.connection() as conn:` borrows and always gives back."""
+        conn = await self.acquire(timeout=timeout)
+        try:
+            yield conn
+        finally:
+            await self.release(conn)
+
+
+async def resilient_fetch(pool: Any, query: str, *args: Any, deadline: float = 10.0,
+                          base_delay: float = 0.05) -> list[asyncpg.Record]:
+    """`fetch` that retries transient failures (see `is_transient`) for up to `deadline`
+    seconds, with a short growing delay between attempts; any other error propagates at once.
+
+    Raises DeadlineExceededError, chained to the last failure, once the deadline passes.
+    A failure while giving the connection back, after the query succeeded, is not a failure
+    of the call. Retry only reads or idempotent writes: a failed attempt may have committed.
+    """
+    # BEGIN SOLUTION
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + deadline
+    attempts = 0
+    while True:
+        attempts += 1
+        # Every wait is bounded by what is left of the deadline, not a fixed timeout.
+        remaining = max(give_up - loop.time(), 0.001)
+        try:
+            conn = await pool.acquire(timeout=remaining)
+            try:
+                return await conn.fetch(query, *args, timeout=remaining)
+            finally:
+                # If giving it back fails (the server vanished just after our query), asyncpg
+                # has already closed that connection: the rows are good, and a retry could
+                # run a write twice. A failed query's own error still propagates.
+                with contextlib.suppress(Exception):
+                    await pool.release(conn)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            last = exc
+        remaining = give_up - loop.time()
+        if remaining <= 0:
+            raise DeadlineExceededError(
+                f"gave up after {attempts} attempts in {deadline:g} s ({type(last).__name__})"
+            ) from last
+        # Exponential backoff with jitter, so many clients do not retry in lockstep.
+        delay = min(base_delay * 2 ** attempts, 1.0, remaining)
+        await asyncio.sleep(random.uniform(delay / 2, delay))
+    # END SOLUTION

@@ -1,0 +1,195 @@
+"""Checks for lab 04: ConnectionHealthMonitor."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from datetime import datetime
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from pglab.backends import count_backends, terminate_backends
+from pglab.testing import eventually, within
+
+MODULE = "lab04_health_monitor"
+KEYS = {"status", "last_check", "response_time", "error", "consecutive_failures", "pool_stats"}
+
+
+@pytest.fixture
+def lab(load_lab):
+    return load_lab(MODULE)
+
+
+async def cancel_tasks_since(before: set[asyncio.Task]) -> None:
+    """Cancel what a test (or a broken monitor) left running, before its pool goes away."""
+    stray = asyncio.all_tasks() - before - {asyncio.current_task()}
+    for task in stray:
+        task.cancel()
+    if stray:
+        await asyncio.wait(stray, timeout=5)
+
+
+@pytest.fixture
+async def pool(load_solution, dsn, app_name):
+    """Lab 01's reference DatabasePool (min 1, max 2) on the course role."""
+    pool = load_solution("lab01_database_pool").DatabasePool()
+    await within(pool.initialize(dsn, min_size=1, max_size=2, application_name=app_name), 15, "initialize()")
+    before = asyncio.all_tasks()
+    yield pool
+    await cancel_tasks_since(before)
+    if pool.pool is not None:
+        pool.pool.terminate()
+
+
+class Outage:
+    """A pool on a throwaway role, and a switch that takes its server side down and up again.
+
+    Down: the role may no longer log in and the pool's backends are terminated, so
+    neither the pool's connections nor new ones work. Up: logins work again.
+    """
+
+    def __init__(self, admin: asyncpg.Connection, dsn: str, role: str, app_name: str) -> None:
+        self.admin, self.dsn, self.role, self.app_name = admin, dsn, role, app_name
+
+    async def down(self) -> None:
+        await self.admin.execute(f'ALTER ROLE "{self.role}" NOLOGIN')
+        await terminate_backends(self.dsn, self.app_name)
+
+        async def gone() -> bool:
+            return await count_backends(self.dsn, self.app_name) == 0
+
+        await eventually(gone, 5, "the pool's backends did not go away after pg_terminate_backend")
+
+    async def up(self) -> None:
+        await self.admin.execute(f'ALTER ROLE "{self.role}" LOGIN')
+
+
+@pytest.fixture
+async def outage(load_solution, dsn, app_name):
+    """(pool, Outage) for a DatabasePool (min 1, max 2) logged in as a throwaway role."""
+    role, password = f"lab04_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    admin = await asyncpg.connect(dsn)
+    await admin.execute(f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}'")
+    parts = urlsplit(dsn)
+    role_dsn = urlunsplit(parts._replace(netloc=f"{role}:{quote(password, safe='')}@{parts.hostname}:{parts.port}"))
+    pool = load_solution("lab01_database_pool").DatabasePool()
+    try:
+        await within(pool.initialize(role_dsn, min_size=1, max_size=2, application_name=app_name), 15, "initialize()")
+        before = asyncio.all_tasks()
+        yield pool, Outage(admin, dsn, role, app_name)
+        await cancel_tasks_since(before)
+    finally:
+        if pool.pool is not None:
+            pool.pool.terminate()
+        await terminate_backends(dsn, app_name)
+        await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+        await admin.close()
+
+
+async def test_unknown_before_the_first_check_then_healthy_on_the_live_server(lab, pool):
+    monitor = lab.ConnectionHealthMonitor(pool, check_interval=0.05, timeout=5)
+    status = monitor.get_health_status()
+    assert status["status"] == "unknown" and not monitor.is_healthy(), (
+        f"before any check the status should be 'unknown' and is_healthy() False, got {status}"
+    )
+    result = await within(monitor.check_health(), 10, "check_health()")
+    assert isinstance(result, dict) and KEYS <= set(result), f"check_health() should return a dict with {KEYS}"
+    assert result["status"] == "healthy", f"the live server should be healthy, got {result}"
+    assert result["error"] is None and result["consecutive_failures"] == 0
+    assert isinstance(result["response_time"], float) and result["response_time"] >= 0
+    assert isinstance(result["last_check"], datetime), "last_check should be the datetime of the check"
+    assert result["pool_stats"] == pool.get_pool_stats(), "pool_stats should be the pool's get_pool_stats()"
+    assert monitor.is_healthy() and monitor.get_health_status()["status"] == "healthy"
+
+
+async def test_unhealthy_with_the_reason_when_every_connection_is_held(lab, pool):
+    monitor = lab.ConnectionHealthMonitor(pool, check_interval=0.05, timeout=0.3)
+    held = [await within(pool.acquire(), 5, "acquire()") for _ in range(2)]  # the whole pool
+    try:
+        first = await within(monitor.check_health(), 5, "check_health() on an exhausted pool (timeout=0.3)")
+        second = await within(monitor.check_health(), 5, "a second check_health()")
+    finally:
+        for conn in held:
+            await pool.release(conn)
+    assert first["status"] == "unhealthy", (
+        f"with every connection held the check should time out and report 'unhealthy', got {first}: "
+        "bound acquire + SELECT 1 together with asyncio.wait_for(..., self.timeout)"
+    )
+    assert isinstance(first["error"], str) and re.search(r"(?i)time|exhaust", first["error"]), (
+        f"error should say the check timed out, got {first['error']!r}"
+    )
+    assert (first["consecutive_failures"], second["consecutive_failures"]) == (1, 2), (
+        "consecutive_failures should count failed checks in a row"
+    )
+    assert not monitor.is_healthy()
+    assert pool.get_pool_stats()["in_use"] == 0, "a timed-out check must not keep a connection"
+    again = await within(monitor.check_health(), 5, "check_health() after the connections came back")
+    assert again["status"] == "healthy" and again["consecutive_failures"] == 0, (
+        f"a successful check should reset the failure count, got {again}"
+    )
+
+
+async def test_unhealthy_when_the_backends_are_terminated(lab, outage):
+    pool, server = outage
+    monitor = lab.ConnectionHealthMonitor(pool, check_interval=0.05, timeout=2)
+    assert (await within(monitor.check_health(), 10, "check_health()"))["status"] == "healthy"
+    await server.down()
+    result = await within(monitor.check_health(), 10, "check_health() with the backends terminated")
+    assert result["status"] == "unhealthy" and result["error"], (
+        f"with the server-side connections gone the check should be 'unhealthy' with the reason, got {result}: "
+        "catch every Exception in check_health() and record it"
+    )
+    await server.up()
+    result = await within(monitor.check_health(), 10, "check_health() after the server came back")
+    assert result["status"] == "healthy", f"once logins work again the check should recover, got {result}"
+
+
+async def test_the_loop_survives_failing_checks_and_recovers(lab, outage):
+    pool, server = outage
+    monitor = lab.ConnectionHealthMonitor(pool, check_interval=0.05, timeout=2)
+
+    async def healthy() -> bool:
+        return monitor.is_healthy()
+
+    async def failing_repeatedly() -> bool:
+        return monitor.get_health_status()["consecutive_failures"] >= 3
+
+    await within(monitor.start_monitoring(), 5, "start_monitoring()")
+    await eventually(healthy, 10, "the monitor never reported 'healthy' on the live server")
+    await server.down()
+    await eventually(failing_repeatedly, 10, "during the outage consecutive_failures should keep growing; "
+                     "did the loop stop at the first failed check?")
+    await server.up()
+    await eventually(healthy, 10, "after the outage the monitor should report 'healthy' again")
+    assert monitor.get_health_status()["consecutive_failures"] == 0
+    await within(monitor.stop_monitoring(), 5, "stop_monitoring()")
+
+
+async def test_start_is_idempotent_and_stop_leaves_no_task_pending(lab, pool):
+    monitor = lab.ConnectionHealthMonitor(pool, check_interval=0.05, timeout=2)
+    await within(monitor.stop_monitoring(), 5, "stop_monitoring() before start")  # must be harmless
+    before = asyncio.all_tasks()
+    for round_ in ("first", "second"):
+        # Awaited directly, so no other task runs before the count (a running loop
+        # may start helper tasks of its own, e.g. wait_for's on Python < 3.12).
+        await monitor.start_monitoring()
+        await monitor.start_monitoring()
+        started = asyncio.all_tasks() - before
+        assert len(started) == 1, (
+            f"{round_} start: two start_monitoring() calls should run exactly one task, found {len(started)}"
+        )
+
+        async def checked() -> bool:
+            return monitor.get_health_status()["last_check"] is not None
+
+        await eventually(checked, 5, "the background loop should run check_health()")
+        await within(monitor.stop_monitoring(), 5, "stop_monitoring()")
+        pending = asyncio.all_tasks() - before
+        assert not pending, (
+            f"after stop_monitoring() {len(pending)} task(s) of the monitor are still pending: "
+            "cancel the task, then await it"
+        )
+        assert all(task.done() for task in started)

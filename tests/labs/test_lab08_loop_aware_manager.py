@@ -1,0 +1,218 @@
+"""Checks for lab 08: ConnectionPoolManager, one pool per event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import asyncpg
+import pytest
+
+from pglab.backends import count_backends, terminate_backends
+from pglab.testing import eventually, within
+
+MODULE = "lab08_loop_aware_manager"
+SECRET = "s3cr:t/p@ss%word"
+
+
+@pytest.fixture
+def lab(load_lab):
+    return load_lab(MODULE)
+
+
+def pg_config(lab, dsn, **sizes):
+    return lab.PostgresPoolConfig.from_dict({"connection_string": dsn, "min_size": 1, "max_size": 2, **sizes})
+
+
+def asyncpg_creator(app_name):
+    """A create_pool_func for real asyncpg pools, found on the server by application_name."""
+
+    async def create(config):
+        return await asyncpg.create_pool(
+            config.to_connection_string(), min_size=config.min_size, max_size=config.max_size,
+            command_timeout=config.command_timeout, server_settings={"application_name": app_name},
+        )
+
+    return create
+
+
+class FakePool:
+    """A stand-in for any client with an async close()."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.healthy = True
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+class Factory:
+    """create_pool_func that counts its calls and takes a little time, like a real connect."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.pools: list[FakePool] = []
+
+    async def __call__(self, config) -> FakePool:
+        self.calls += 1
+        await asyncio.sleep(0.05)
+        self.pools.append(FakePool())
+        return self.pools[-1]
+
+
+async def test_config_from_url_or_fields_and_the_password_stays_secret(lab, dsn):
+    fields = dict(host="db.example", port=6543, database="shop db", user="app", password=SECRET)
+    config = lab.PostgresPoolConfig.from_dict(fields)
+    assert (config.min_size, config.max_size, config.command_timeout) == (2, 5, None), "defaults: 2, 5, None"
+    url = config.to_connection_string()
+    assert url.startswith("postgresql://app:") and SECRET not in url, (
+        f"the password must be percent-encoded in the URL (special characters break parsing): {url!r}"
+    )
+    again = lab.PostgresPoolConfig.from_dict({"connection_string": url})
+    assert again == config, f"from_dict(connection_string=...) should parse back the same config: {again!r}"
+    assert again.to_hash_key() == config.to_hash_key(), "equal configs need equal hash keys"
+    other = lab.PostgresPoolConfig.from_dict({**fields, "password": "other"})
+    assert other.to_hash_key() != config.to_hash_key(), "another password (other credentials) needs another key"
+    for text in (repr(config), str(config), config.to_hash_key()):
+        assert SECRET not in text and "p@ss" not in text, f"the password leaks: {text!r}"
+
+    live = pg_config(lab, dsn, command_timeout=5.0)
+    conn = await within(asyncpg.connect(live.to_connection_string()), 10, "asyncpg.connect(to_connection_string())")
+    try:
+        assert await conn.fetchval("SELECT 1") == 1
+    finally:
+        await conn.close()
+
+
+async def test_one_pool_per_config_and_50_concurrent_calls_create_it_once(lab):
+    manager = lab.ConnectionPoolManager()
+    factory = Factory()
+    config = lab.PostgresPoolConfig("h", 5432, "db", "u", SECRET)
+    pools = await within(asyncio.gather(*(manager.get_pool(config, factory) for _ in range(50))), 10, "get_pool()")
+    assert factory.calls == 1, f"50 concurrent get_pool() calls ran the factory {factory.calls} times (need a lock)"
+    assert all(pool is pools[0] for pool in pools), "every caller in one loop should get the same pool"
+    assert await manager.get_pool(config, factory) is pools[0], "a later call should reuse the pool"
+    url_pool = await manager.get_pool("http://127.0.0.1:9/", factory)  # any hashable config: a generic client
+    assert url_pool is not pools[0] and manager.get_pool_count() == 2, "another config needs another pool"
+    await within(manager.close_all(), 10, "close_all()")
+    assert all(pool.closed for pool in factory.pools), "close_all() should close the running loop's pools"
+    assert manager.get_pool_count() == 0, "close_all() should forget the pools"
+
+
+async def test_a_pool_that_fails_validation_is_closed_and_replaced(lab, dsn, app_name):
+    manager = lab.ConnectionPoolManager()
+    config = pg_config(lab, dsn)
+    create = asyncpg_creator(app_name)
+
+    async def validate(pool) -> bool:
+        return await pool.fetchval("SELECT 1") == 1  # raises on a closed pool
+
+    first = await within(manager.get_pool(config, create, validate), 15, "get_pool()")
+    try:
+        assert await within(manager.get_pool(config, create, validate), 10, "get_pool()") is first
+        first.terminate()  # the pool breaks: validation now raises
+        second = await within(manager.get_pool(config, create, validate), 15, "get_pool() after the pool broke")
+        assert second is not first, "a pool that fails validation must be replaced by a new one"
+        assert await second.fetchval("SELECT 2") == 2
+        assert manager.get_pool_count() == 1, "the broken pool should be forgotten"
+
+        fake = Factory()
+        broken = await manager.get_pool("client", fake)
+        broken.healthy = False
+
+        async def healthy(pool) -> bool:
+            return pool.healthy
+
+        replacement = await within(manager.get_pool("client", fake, healthy), 10, "get_pool()")
+        assert replacement is not broken and broken.closed, "the invalid pool must be closed, then replaced"
+    finally:
+        await within(manager.close_all(), 10, "close_all()")
+        await terminate_backends(dsn, app_name)
+
+
+def test_two_threads_with_their_own_loops_get_two_working_pools(lab, dsn, app_name):
+    manager = lab.ConnectionPoolManager()
+    config = pg_config(lab, dsn)
+    barrier = threading.Barrier(2, timeout=20)
+
+    async def in_thread():
+        pool = await asyncio.wait_for(manager.get_pool(config, asyncpg_creator(app_name)), 15)
+        value = await pool.fetchval("SELECT pg_backend_pid()")
+        barrier.wait()  # both loops alive, both pools registered
+        info = manager.get_pool_info()
+        count = manager.get_pool_count()
+        barrier.wait()  # both threads have looked before either removes its pool
+        removed = await asyncio.wait_for(manager.remove_pool(config), 10)
+        return pool, value, info, count, removed
+
+    try:
+        with ThreadPoolExecutor(2) as executor:
+            futures = [executor.submit(asyncio.run, in_thread()) for _ in range(2)]
+            results = [future.result(timeout=60) for future in futures]
+    finally:
+        asyncio.run(terminate_backends(dsn, app_name))
+    (pool_a, pid_a, info, count, removed_a), (pool_b, pid_b, _, _, removed_b) = results
+    assert pool_a is not pool_b, "each event loop must get its own pool (an asyncpg pool is bound to its loop)"
+    assert pid_a and pid_b, "both pools should run queries against the server"
+    assert count == 2 and len(info) == 2, f"two loops x one config = 2 pools, got count={count}, info={info}"
+    assert SECRET not in str(info) and config.password not in str(info), "get_pool_info() must not show passwords"
+    assert removed_a and removed_b, "remove_pool() should return True when it closed the loop's pool"
+
+
+def test_closed_loops_are_forgotten_without_touching_them(lab, dsn, app_name):
+    manager = lab.ConnectionPoolManager()
+    factory = Factory()
+    dead = asyncio.new_event_loop()
+    dead.run_until_complete(manager.get_pool("client", factory))
+    # asyncio.run closes its loop at the end, leaving a real asyncpg pool behind.
+    asyncio.run(manager.get_pool(pg_config(lab, dsn), asyncpg_creator(app_name)))
+    dead.close()
+    asyncio.run(manager.close_all())  # would raise "Event loop is closed" if it touched the dead loops
+    assert manager.get_pool_count() == 0, "pools of closed loops should be forgotten"
+    assert not factory.pools[0].closed, "a pool of a closed loop must not be closed through that loop"
+    assert manager.get_pool_info() == [], "get_pool_info() should not list pools of closed loops"
+    asyncio.run(terminate_backends(dsn, app_name))
+
+
+def test_a_new_loop_never_inherits_a_dead_loops_pool(lab):
+    manager = lab.ConnectionPoolManager()
+    factory = Factory()
+    loop_ids = []
+
+    async def job():
+        loop_ids.append(id(asyncio.get_running_loop()))
+        return await manager.get_pool("client", factory)
+
+    pools = []
+    for _ in range(12):  # like a worker calling asyncio.run() per task
+        pools.append(asyncio.run(job()))
+        gc.collect(1)  # the dead loop is freed: CPython often gives the next loop its id()
+    reused = len(loop_ids) - len(set(loop_ids))
+    assert factory.calls == 12 and len({id(pool) for pool in pools}) == 12, (
+        f"12 loops (of which {reused} reused a dead loop's id()) should get 12 new pools, "
+        f"the factory ran {factory.calls} times: key pools by the loop object (held weakly), not id(loop)"
+    )
+
+
+async def test_remove_pool_closes_only_the_running_loops_pool(lab, dsn, app_name):
+    manager = lab.ConnectionPoolManager()
+    config = pg_config(lab, dsn, min_size=2)
+    try:
+        pool = await within(manager.get_pool(config, asyncpg_creator(app_name)), 15, "get_pool()")
+        assert await count_backends(dsn, app_name) == 2, "the pool should have opened min_size=2 connections"
+        info = manager.get_pool_info()
+        assert len(info) == 1 and "Pool" in str(info[0].values()), f"get_pool_info() should describe the pool: {info}"
+        assert await within(manager.remove_pool(config), 10, "remove_pool()") is True
+        assert pool.is_closing(), "remove_pool() should close the pool"
+
+        async def gone() -> bool:
+            return await count_backends(dsn, app_name) == 0
+
+        await eventually(gone, 5, "remove_pool() left server connections open")
+        assert await manager.remove_pool(config) is False, "removing a pool twice should return False"
+        assert manager.get_pool_count() == 0
+    finally:
+        await terminate_backends(dsn, app_name)

@@ -1,0 +1,245 @@
+"""Checks for lab 12: asyncpg through PgBouncer, and PoolMetricsExporter.
+
+The PgBouncer checks need a `pgbouncer` binary (or PGLAB_PGBOUNCER_URL); without
+one they are skipped with the reason, never silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from pglab import pgbouncer
+from pglab.backends import terminate_backends
+from pglab.embedded import free_port
+from pglab.testing import eventually, within
+
+MODULE = "lab12_production"
+
+
+@pytest.fixture
+def lab(load_lab):
+    return load_lab(MODULE)
+
+
+@pytest.fixture(scope="session")
+def bouncer_dsn(dsn) -> str:
+    """DSN of the course database through PgBouncer; skips (with the reason) without it."""
+    if reason := pgbouncer.unavailable_reason():
+        pytest.skip(f"PgBouncer checks skipped: {reason}")
+    try:
+        return pgbouncer.ensure_pgbouncer(dsn)
+    except pgbouncer.PgBouncerUnavailableError as exc:
+        pytest.skip(f"PgBouncer checks skipped: {exc}")
+
+
+@pytest.fixture
+async def pools():
+    """Pools created by a test, terminated afterwards whatever happened."""
+    created: list[asyncpg.Pool] = []
+    yield created
+    for pool in created:
+        pool.terminate()
+
+
+# -- PgBouncer ------------------------------------------------------------------
+@pytest.mark.pgbouncer
+async def test_2500_queries_from_50_tasks_over_a_pool_of_20_through_pgbouncer(lab, bouncer_dsn, pools, app_name):
+    pool = await within(lab.create_pgbouncer_pool(bouncer_dsn, min_size=20, max_size=20,
+                                                  server_settings={"application_name": app_name}),
+                        20, "create_pgbouncer_pool()")
+    pools.append(pool)
+    failures: list[BaseException] = []
+
+    async def worker(task: int) -> None:
+        for i in range(50):
+            try:
+                async with pool.acquire() as conn:
+                    # Different parameter types: asyncpg would prepare (and cache) each shape.
+                    value = await conn.fetchval("SELECT $1::int * 2 + $2::int", task, i % 2)
+                    assert value == task * 2 + i % 2
+                    await conn.fetchval("SELECT $1::text || 'x'", str(i))
+            except Exception as exc:  # collect them: the message shows the first one
+                failures.append(exc)
+
+    await within(asyncio.gather(*(worker(t) for t in range(50))), 90, "2,500 queries through PgBouncer")
+    assert not failures, (
+        f"{len(failures)} of 2,500 operations failed through PgBouncer; first: "
+        f"{type(failures[0]).__name__}: {str(failures[0]).splitlines()[0]}. "
+        "In transaction mode a prepared statement lives on one server connection: "
+        "pass statement_cache_size=0 to create_pool"
+    )
+    async with pool.acquire() as conn:
+        seen = await conn.fetchval("SELECT current_setting('application_name')")
+    assert seen == app_name, "application_name from server_settings should reach the server through PgBouncer"
+
+
+@pytest.mark.pgbouncer
+async def test_settings_pgbouncer_cannot_keep_are_refused_with_a_clear_error(lab, bouncer_dsn, pools):
+    with pytest.raises(ValueError, match="search_path"):
+        pools.append(await within(lab.create_pgbouncer_pool(
+            bouncer_dsn, min_size=0, server_settings={"search_path": "public"}), 10, "create_pgbouncer_pool()"))
+    with pytest.raises(ValueError, match="statement_cache_size"):
+        pools.append(await within(lab.create_pgbouncer_pool(
+            bouncer_dsn, min_size=0, statement_cache_size=100), 10, "create_pgbouncer_pool()"))
+    pool = await within(lab.create_pgbouncer_pool(bouncer_dsn, min_size=1, max_size=2,
+                                                  server_settings={"TimeZone": "UTC"}),
+                        10, "create_pgbouncer_pool(server_settings={'TimeZone': 'UTC'})")
+    pools.append(pool)
+    assert await within(pool.fetchval("SELECT 41 + 1"), 10, "a query") == 42
+
+
+@pytest.mark.pgbouncer
+async def test_show_pools_bounds_server_connections_while_client_pools_are_larger(lab, bouncer_dsn, pools):
+    pool_size = next(int(row["pool_size"]) for row in pgbouncer.show("DATABASES", bouncer_dsn)
+                     if row["name"] == "pglab")
+    clients_per_pool, n_pools = pool_size, 3  # 3x more clients than PgBouncer's server pool
+    for _ in range(n_pools):
+        pools.append(await within(lab.create_pgbouncer_pool(
+            bouncer_dsn, min_size=clients_per_pool, max_size=clients_per_pool), 20, "create_pgbouncer_pool()"))
+
+    async def busy(pool: asyncpg.Pool) -> None:
+        async with pool.acquire() as conn:
+            await conn.execute("SELECT pg_sleep(0.6)")
+
+    load = asyncio.gather(*(busy(p) for p in pools for _ in range(clients_per_pool)))
+    try:
+        async def queued() -> bool:
+            rows = await asyncio.to_thread(pgbouncer.show, "POOLS", bouncer_dsn)
+            row = next(r for r in rows if r["database"] == "pglab")
+            servers = sum(int(row[k]) for k in ("sv_active", "sv_idle", "sv_used", "sv_tested", "sv_login"))
+            assert servers <= pool_size, (
+                f"PgBouncer holds {servers} server connections, more than its pool_size {pool_size}: {row}"
+            )
+            return int(row["cl_waiting"]) > 0
+
+        await eventually(queued, 5, f"with {n_pools * clients_per_pool} busy client connections and "
+                                    f"{pool_size} server connections, clients should wait in PgBouncer")
+        rows = await asyncio.to_thread(pgbouncer.show, "POOLS", bouncer_dsn)
+        row = next(r for r in rows if r["database"] == "pglab")
+        clients = int(row["cl_active"]) + int(row["cl_waiting"])
+        assert clients >= n_pools * clients_per_pool, f"expected all {n_pools * clients_per_pool} clients: {row}"
+    finally:
+        await within(load, 30, "the busy queries")
+
+
+# -- PoolMetricsExporter --------------------------------------------------------
+@pytest.fixture
+async def make_exporter(lab, pools):
+    """`make_exporter(pool)`: a PoolMetricsExporter with its own registry, stopped afterwards."""
+    created = []
+
+    def make(pool: asyncpg.Pool):
+        exp = lab.PoolMetricsExporter(pool, registry=CollectorRegistry())
+        created.append(exp)
+        return exp
+
+    yield make
+    for exp in created:
+        exp.stop()
+
+
+@pytest.fixture
+async def pool2(dsn, app_name, pools):
+    """A direct pool of exactly 2 connections."""
+    pool = await within(asyncpg.create_pool(dsn, min_size=2, max_size=2,
+                                            server_settings={"application_name": app_name}),
+                        15, "create_pool()")
+    pools.append(pool)
+    return pool
+
+
+async def scrape(exp) -> dict[str, float]:
+    """Fetch the scrape page over HTTP: {sample name: value} (histogram samples too)."""
+    assert exp.port, "serve() should return the port and set exporter.port"
+    async with httpx.AsyncClient(timeout=5) as client:
+        response = await client.get(f"http://127.0.0.1:{exp.port}/metrics")
+    assert response.status_code == 200, f"GET /metrics answered {response.status_code}"
+    return {s.name: s.value for family in text_string_to_metric_families(response.text)
+            for s in family.samples if not s.labels or s.labels.get("le") in (None, "+Inf")}
+
+
+async def test_scrape_over_http_reports_the_pool_and_a_known_workload(make_exporter, pool2):
+    exporter = make_exporter(pool2)
+    port = exporter.serve(0)
+    assert isinstance(port, int) and port > 0, f"serve(0) should return the chosen port, got {port!r}"
+    for _ in range(7):
+        async with exporter.instrumented_acquire(timeout=5) as conn:
+            assert await conn.fetchval("SELECT 1") == 1
+    async with exporter.instrumented_acquire(timeout=5), exporter.instrumented_acquire(timeout=5):
+        waiters = [asyncio.ensure_future(_hold(exporter)) for _ in range(3)]
+        await asyncio.sleep(0.2)
+        metrics = await within(scrape(exporter), 10, "GET /metrics")
+        expected = {"db_pool_size": 2, "db_pool_idle": 0, "db_pool_in_use": 2, "db_pool_waiting": 3,
+                    "db_pool_acquires_total": 9, "db_pool_acquire_seconds_count": 9,
+                    "db_pool_acquire_timeouts_total": 0, "db_pool_connection_errors_total": 0}
+        got = {name: metrics.get(name) for name in expected}
+        assert got == expected, (
+            f"while holding both connections of a 2-connection pool with 3 tasks waiting, after 9 "
+            f"acquires, the scrape page should say {expected}, it says {got}"
+        )
+    await within(asyncio.gather(*waiters), 10, "the waiting acquires")
+    metrics = await within(scrape(exporter), 10, "GET /metrics")
+    assert (metrics.get("db_pool_waiting"), metrics.get("db_pool_in_use"), metrics.get("db_pool_acquires_total")) \
+        == (0, 0, 12), "after the waiters got their connections: waiting 0, in_use 0, 12 acquires"
+    assert metrics["db_pool_acquire_seconds_sum"] > 0, "the histogram should time each acquire"
+
+
+async def _hold(exp) -> None:
+    async with exp.instrumented_acquire(timeout=10):
+        pass
+
+
+async def test_timeouts_and_connection_errors_are_counted_and_re_raised(make_exporter, pool2, dsn, app_name, pools):
+    exporter = make_exporter(pool2)
+    exporter.serve(0)
+    async with exporter.instrumented_acquire(timeout=5), exporter.instrumented_acquire(timeout=5):
+        with pytest.raises(asyncio.TimeoutError):
+            async with exporter.instrumented_acquire(timeout=0.1):
+                pass
+    # A connection killed while in use is a connection error.
+    with pytest.raises((asyncpg.PostgresConnectionError, asyncpg.AdminShutdownError, OSError)):
+        async with exporter.instrumented_acquire(timeout=5) as conn:
+            killer = asyncio.ensure_future(_terminate_soon(dsn, app_name))
+            await within(conn.fetchval("SELECT pg_sleep(5)"), 10, "a query whose backend gets terminated")
+    await killer
+    # A server that does not answer at all: the acquire itself fails.
+    dead = await asyncpg.create_pool(f"postgresql://pglab:x@127.0.0.1:{free_port()}/pglab", min_size=0, max_size=1)
+    pools.append(dead)
+    dead_exporter = make_exporter(dead)
+    with pytest.raises(OSError):
+        async with dead_exporter.instrumented_acquire(timeout=5):
+            pass
+    metrics = await within(scrape(exporter), 10, "GET /metrics")
+    got = (metrics.get("db_pool_acquire_timeouts_total"), metrics.get("db_pool_connection_errors_total"),
+           metrics.get("db_pool_acquires_total"), metrics.get("db_pool_waiting"))
+    assert got == (1, 1, 3, 0), (
+        "after 1 timed-out acquire, 1 connection killed in use and 3 successful acquires, expected "
+        f"(timeouts, connection errors, acquires, waiting) == (1, 1, 3, 0), got {got}: count timeouts "
+        "apart from connection errors (asyncio.TimeoutError is an OSError since Python 3.11) and "
+        "decrement the waiting gauge whatever happens"
+    )
+    dead_errors = dead_exporter.registry.get_sample_value("db_pool_connection_errors_total")
+    assert dead_errors == 1, f"a refused connection during acquire is a connection error, counted {dead_errors}"
+
+
+async def _terminate_soon(dsn: str, app_name: str) -> None:
+    await asyncio.sleep(0.3)  # let the query start
+    await terminate_backends(dsn, app_name)
+
+
+async def test_stop_closes_the_scrape_page_and_is_idempotent(make_exporter, pool2):
+    exporter = make_exporter(pool2)
+    port = exporter.serve(0)
+    assert exporter.serve(0) == port, "a second serve() should keep the running server"
+    await within(scrape(exporter), 10, "GET /metrics")
+    await asyncio.to_thread(exporter.stop)
+    await asyncio.to_thread(exporter.stop)
+    with pytest.raises(httpx.HTTPError):
+        async with httpx.AsyncClient(timeout=2) as client:
+            await client.get(f"http://127.0.0.1:{port}/metrics")

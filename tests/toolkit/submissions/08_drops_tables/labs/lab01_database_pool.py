@@ -1,0 +1,86 @@
+"""Lab 01: `DatabasePool`, a thin and safe wrapper around `asyncpg.Pool`.
+
+The wrapper owns one pool for the life of the application: created once,
+borrowed from by every request, closed once at shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+from asyncpg.pool import PoolAcquireContext
+
+# Sent in the startup packet of every new connection: no extra round trip.
+SESSION_SETTINGS = {"timezone": "UTC", "search_path": "public", "statement_timeout": "30s"}
+
+
+class DatabasePool:
+    """One asyncpg pool per application, with course defaults."""
+
+    def __init__(self) -> None:
+        self.pool: asyncpg.Pool | None = None
+
+    async def initialize(
+        self,
+        dsn: str,
+        *,
+        min_size: int = 10,
+        max_size: int = 50,
+        max_queries: int = 50_000,
+        max_inactive_connection_lifetime: float = 300.0,
+        command_timeout: float | None = 60.0,
+        application_name: str = "pglab",
+    ) -> None:
+        """Create the pool. Every connection gets time zone UTC, `search_path`
+        public, `application_name` and a 30 s `statement_timeout`.
+
+        Raises RuntimeError when called a second time.
+        """
+        if self.pool is not None:
+            raise RuntimeError("DatabasePool is already initialized; close() it before initializing again")
+        # server_settings travel in the connection's startup packet, so they cost
+        # nothing extra; an `init=` callback running SET would add a round trip.
+        self.pool = await asyncpg.create_pool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            max_queries=max_queries,
+            max_inactive_connection_lifetime=max_inactive_connection_lifetime,
+            command_timeout=command_timeout,
+            server_settings={**SESSION_SETTINGS, "application_name": application_name},
+        )
+
+    def acquire(self, *, timeout: float | None = None) -> PoolAcquireContext:
+        """Borrow a connection: `async with db.acquire() as conn:` or `conn = await db.acquire()`.
+
+        A plain method (not `async def`): it returns asyncpg's acquire context, which is
+        both awaitable and an async context manager. Raises RuntimeError before
+        `initialize`, and `asyncio.TimeoutError` when no connection frees up in `timeout`.
+        """
+        if self.pool is None:
+            raise RuntimeError("Pool not initialized: await initialize(dsn) first")
+        return self.pool.acquire(timeout=timeout)
+
+    async def release(self, conn: asyncpg.Connection) -> None:
+        """Give back a connection obtained with `await db.acquire()`."""
+        if self.pool is None:
+            raise RuntimeError("Pool not initialized: await initialize(dsn) first")
+        await self.pool.release(conn)
+
+    async def close(self) -> None:
+        """Close the pool, waiting for borrowed connections; safe to call twice."""
+        if self.pool is not None:
+            pool, self.pool = self.pool, None
+            await pool.close()
+
+    def get_pool_stats(self) -> dict[str, int]:
+        """`min_size, max_size, size, idle, in_use` from asyncpg's public API (all 0 before `initialize`)."""
+        if self.pool is None:
+            return {"min_size": 0, "max_size": 0, "size": 0, "idle": 0, "in_use": 0}
+        size, idle = self.pool.get_size(), self.pool.get_idle_size()
+        return {
+            "min_size": self.pool.get_min_size(),
+            "max_size": self.pool.get_max_size(),
+            "size": size,
+            "idle": idle,
+            "in_use": size - idle,
+        }
