@@ -55,6 +55,10 @@ def draw_comparisons(axes: Any, results: dict[str, Any]) -> None:
     lat_ax.barh(ypos, [r["p99_ms"] for *_, r in rows], color=[colours[t] for t, _, _ in rows])
     lat_ax.set_xscale("log")
     lat_ax.set_xlabel("p99 latency, ms (log scale)")
+    # Decades only: minor tick labels collide on an axis this narrow.
+    from matplotlib.ticker import NullFormatter
+
+    lat_ax.xaxis.set_minor_formatter(NullFormatter())
     lat_ax.set_yticks(ypos, [""] * len(ypos))
     handles = [ops_ax.bar(0, 0, color=colours[t], label=t) for t in titles]
     ops_ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.12),

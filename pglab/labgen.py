@@ -74,6 +74,12 @@ def skeletonize(source: str, filename: str = "<solution>") -> str:
     return "".join(out)
 
 
+def solved(source: str) -> str:
+    """The solution as a learner who finished the lab would have it: markers removed."""
+    return "".join(line for line in source.splitlines(keepends=True)
+                   if not (BEGIN.match(line) or END.match(line)))
+
+
 def _default_todo(previous: list[str]) -> str:
     for line in reversed(previous):
         if match := DEF.match(line):

@@ -1,11 +1,13 @@
 """`pglab grade` against golden submissions.
 
-Each folder under tests/toolkit/submissions/ is a learner's repository (labs/ only)
-with a known defect, and `expected.json` next to its labs/ holds the stable part
-of its report: overall status, score, and per lab the status, the points and the
-status of every check (never durations, messages or outputs). The batch grades the
-folders in name order, so `09_all_correct` comes after the hanging, leaking and
-destructive ones and proves they harmed nobody.
+tests/toolkit/submissions/goldens.toml holds one recipe per learner: a base for each
+lab (the solved lab or the untouched skeleton) plus the edits that plant one defect.
+The `goldens` fixture builds their labs/ folders from the live sources, and
+`submissions/<name>/expected.json` holds the stable part of each report: overall
+status, score, and per lab the status, the points and the status of every check
+(never durations, messages or outputs). The batch grades the learners in name
+order, so `09_all_correct` comes after the hanging, leaking and destructive ones
+and proves they harmed nobody.
 
 After a deliberate change to the checks of lab 00 or 01, refresh the expected
 reports with `PGLAB_UPDATE_GOLDENS=1 pytest tests/toolkit/test_grade.py`, then
@@ -27,11 +29,14 @@ from xml.etree import ElementTree as ET
 import asyncpg
 import pytest
 
+from pglab.course import tomllib
 from pglab.database import known_passwords
+from pglab.labgen import solved
 
 ROOT = Path(__file__).resolve().parents[2]
-GOLDENS = ROOT / "tests" / "toolkit" / "submissions"
-NAMES = sorted(p.name for p in GOLDENS.iterdir() if (p / "labs").is_dir())
+EXPECTED = ROOT / "tests" / "toolkit" / "submissions"
+RECIPES = tomllib.loads((EXPECTED / "goldens.toml").read_text())
+NAMES = sorted(RECIPES)
 # A DSN that still carries a password (masked ones show ***).
 DSN_WITH_PASSWORD = re.compile(r"postgres(?:ql)?://[^\s/:@]+:(?!\*\*\*@)[^\s/@]+@")
 
@@ -59,11 +64,35 @@ def stable(report: dict) -> dict:
             "labs": labs}
 
 
+def build_submission(folder: Path, recipe: dict) -> Path:
+    """A learner's repository (labs/ only) from a recipe of goldens.toml."""
+    (folder / "labs").mkdir(parents=True)
+    for module, spec in recipe.items():
+        if spec["base"] == "solved":
+            text = solved((ROOT / "solutions" / f"{module}.py").read_text())
+        else:
+            text = (ROOT / "labs" / f"{module}.py").read_text()
+        for old, new in spec.get("edits", []):
+            assert old in text, f"{folder.name}: edit no longer applies to {module}: {old!r}"
+            text = text.replace(old, new)
+        (folder / "labs" / f"{module}.py").write_text(text)
+    return folder
+
+
 @pytest.fixture(scope="module")
-def batch(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+def goldens(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every golden learner, built under one folder (a batch for `--submissions`)."""
+    root = tmp_path_factory.mktemp("goldens")
+    for name, recipe in RECIPES.items():
+        build_submission(root / name, recipe)
+    return root
+
+
+@pytest.fixture(scope="module")
+def batch(goldens: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
     out = tmp_path_factory.mktemp("grade")
     # A short limit per check keeps the hanging goldens cheap; the limit per lab is only a backstop.
-    proc = grade("--submissions", str(GOLDENS), "--lab", "00", "--lab", "01", "--timeout", "120",
+    proc = grade("--submissions", str(goldens), "--lab", "00", "--lab", "01", "--timeout", "120",
                  "--test-timeout", "10", "--out", str(out))
     assert proc.returncode == 0, f"the grader failed:\n{proc.stderr[-3000:]}"
     return out, proc
@@ -77,7 +106,7 @@ def test_golden_submission_gets_its_expected_report(batch, name):
     report = json.loads((out / name / "results.json").read_text())
     assert report["version"] == 3 and report["status"] in ("pass", "fail", "error")
     assert all(len(t["output"]) <= 500 for t in report["tests"]), "output must be truncated to 500 characters"
-    expected_file = GOLDENS / name / "expected.json"
+    expected_file = EXPECTED / name / "expected.json"
     if os.environ.get("PGLAB_UPDATE_GOLDENS"):
         expected_file.write_text(json.dumps(stable(report), indent=1) + "\n")
     expected = json.loads(expected_file.read_text())
@@ -95,7 +124,7 @@ def test_batch_writes_a_summary_and_leaks_no_secret_nor_database(batch):
         rows = list(csv.DictReader(f))
     assert [row["learner"] for row in rows] == NAMES
     for row in rows:
-        expected = json.loads((GOLDENS / row["learner"] / "expected.json").read_text())
+        expected = json.loads((EXPECTED / row["learner"] / "expected.json").read_text())
         assert float(row["total"]) == expected["score"], row
         assert float(row["lab00"]) + float(row["lab01"]) == pytest.approx(expected["score"])
     texts = [proc.stdout, proc.stderr, *(p.read_text() for p in out.rglob("*") if p.is_file())]
@@ -120,7 +149,7 @@ async def _leftover_grade_databases() -> list[str]:
         await conn.close()
 
 
-def test_extra_tests_count_and_the_wording_stays_honest(tmp_path):
+def test_extra_tests_count_and_the_wording_stays_honest(goldens, tmp_path):
     extra = tmp_path / "extra"
     extra.mkdir()
     (extra / "test_lab00_first_contact_hidden.py").write_text(
@@ -130,7 +159,7 @@ def test_extra_tests_count_and_the_wording_stays_honest(tmp_path):
         "    assert False, 'an instructor-only check'\n"
     )
     out = tmp_path / "out"
-    proc = grade("--submission", str(GOLDENS / "09_all_correct"), "--lab", "0", "--extra-tests", str(extra),
+    proc = grade("--submission", str(goldens / "09_all_correct"), "--lab", "0", "--extra-tests", str(extra),
                  "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "results.json").read_text())
@@ -178,14 +207,14 @@ def test_the_memory_limit_turns_a_memory_hog_into_a_failed_check(tmp_path):
 
 
 @pytest.mark.parametrize(("args", "says"), [
-    (["--submission", str(GOLDENS / "09_all_correct"), "--lab", "99"], "there is no lab '99'"),
-    (["--submission", str(GOLDENS)], "has no labs/ folder"),
-    (["--submission", str(GOLDENS / "missing")], "is not a folder"),
+    (["--submission", "{goldens}/09_all_correct", "--lab", "99"], "there is no lab '99'"),
+    (["--submission", "{goldens}"], "has no labs/ folder"),
+    (["--submission", "{goldens}/missing"], "is not a folder"),
     ([], "give exactly one of --submission"),
-    (["--submissions", str(GOLDENS), "--timeout", "0"], "must be positive"),
+    (["--submissions", "{goldens}", "--timeout", "0"], "must be positive"),
 ])
-def test_bad_arguments_fail_with_one_clear_line(args, says):
-    proc = grade(*args)
+def test_bad_arguments_fail_with_one_clear_line(goldens, args, says):
+    proc = grade(*(arg.format(goldens=goldens) for arg in args))
     assert proc.returncode == 2, f"expected exit code 2, got {proc.returncode}: {proc.stderr}"
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and says in lines[0], proc.stderr
