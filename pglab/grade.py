@@ -289,7 +289,12 @@ async def _create(dsn: str, name: str, password: str) -> bool:
     conn = await _connect(dsn)
     try:
         try:
-            await conn.execute(f"CREATE ROLE {name} LOGIN PASSWORD '{password}'")
+            # CREATEROLE (PostgreSQL 16+) administers only the roles it creates: labs that
+            # test logins with a throw-away role of their own can, and nothing beyond.
+            await conn.execute(f"CREATE ROLE {name} LOGIN CREATEROLE PASSWORD '{password}'")
+            # Drills terminate their own pools' backends; pg_signal_backend can never
+            # signal a superuser's backend, so the course's own sessions stay out of reach.
+            await conn.execute(f"GRANT pg_signal_backend TO {name}")
             own_role = True
         except asyncpg.InsufficientPrivilegeError:
             own_role = False
@@ -304,6 +309,12 @@ async def _drop(dsn: str, name: str) -> None:
     conn = await _connect(dsn)  # a fresh connection: the lab may have terminated every backend it could
     try:
         await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        # Roles the lab created and left behind (their creator holds ADMIN on them) go too.
+        created = await conn.fetch(
+            "SELECT r.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid"
+            " JOIN pg_roles g ON g.oid = m.member WHERE g.rolname = $1 AND m.admin_option", name)
+        for row in created:
+            await conn.execute(f'DROP ROLE IF EXISTS "{row["rolname"]}"')
         await conn.execute(f"DROP ROLE IF EXISTS {name}")
     finally:
         await conn.close()
