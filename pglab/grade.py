@@ -31,7 +31,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -42,9 +42,19 @@ from rich.markup import escape
 from rich.table import Table
 
 from .course import Course, Lab, UnknownLabError, load_course
-from .database import DatabaseUnavailableError, locate, scrub_secrets
+from .database import DatabaseUnavailableError, locate
+from .grade_report import (
+    LabResult,
+    console,
+    hide_secret,
+    print_table,
+    results_json,
+    scrub,
+    test_row,
+    total,
+    write_reports,
+)
 
-OUTPUT_LIMIT = 500  # characters of `output` per test, as in Exercism's v3 format
 MEMORY_LIMIT_MIB = 2048
 CHECK_PLUGINS = ("asyncio", "timeout", "hypothesispytest", "anyio")  # pytest11 entry points the checks use
 # `pytest -v` prints one line per finished test; a killed run keeps those results.
@@ -52,57 +62,12 @@ _VERBOSE_LINE = re.compile(r"^(\S+::\S+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPAS
 _VERBOSE_STATUS = {"PASSED": "pass", "XPASS": "pass", "FAILED": "fail", "ERROR": "error",
                    "SKIPPED": "skip", "XFAIL": "skip"}
 _PAST = {"fail": "failed", "error": "errored in setup or teardown", "skip": "skipped"}
-_secrets: set[str] = set()  # passwords of the throw-away roles, scrubbed from every report
 
-console = Console()
 err = Console(stderr=True, soft_wrap=True)  # progress lines stay whole in logs
 
 
 class GradeError(RuntimeError):
     """The grader itself cannot go on (bad arguments, no server); not a learner's failure."""
-
-
-@dataclass
-class LabResult:
-    """One lab of one submission: a row per check, and what they are worth."""
-
-    lab: Lab
-    tests: list[dict[str, Any]] = field(default_factory=list)
-    problem: str = ""  # why the run was incomplete (time limit, crash)
-    extra: bool = False  # instructor's extra checks ran too
-    duration: float = 0.0
-
-    def count(self, status: str) -> int:
-        return sum(t["status"] == status for t in self.tests)
-
-    @property
-    def graded(self) -> int:
-        return len(self.tests) - self.count("skip")
-
-    @property
-    def points(self) -> float:
-        return round(self.lab.points * self.count("pass") / self.graded, 2) if self.graded else 0.0
-
-    @property
-    def status(self) -> str:
-        if self.problem or not self.graded:
-            return "error"
-        if self.count("pass") == self.graded:
-            return "pass"
-        # Nothing could even run (module missing, syntax or import error): an error, as in Exercism.
-        return "error" if self.count("error") == self.graded else "fail"
-
-    @property
-    def message(self) -> str:
-        if self.status == "pass":
-            return "all public and extra checks passed" if self.extra else "all public checks passed"
-        passed = f"{self.count('pass')} of {self.graded} checks passed"
-        if self.problem:
-            return f"{self.problem}; {passed}"
-        if self.status == "error":
-            return next(t["message"] for t in self.tests if t["status"] == "error")
-        reasons = {t["message"] for t in self.tests if t["status"] != "pass"}
-        return f"{reasons.pop()}; {passed}" if len(reasons) == 1 and not self.count("pass") else passed
 
 
 @dataclass
@@ -125,7 +90,7 @@ def grade_lab(course: Course, submission: Path, lab: Lab, server_dsn: str,
     result = LabResult(lab, extra=len(files) > 1)
     if not (submission / "labs" / f"{lab.module}.py").is_file():
         message = f"labs/{lab.module}.py is not in the submission"
-        result.tests = [_row(nodeid.split("::")[-1], "fail", message) for nodeid in _collect(course, files)]
+        result.tests = [test_row(nodeid.split("::")[-1], "fail", message) for nodeid in _collect(course, files)]
         return result
     with tempfile.TemporaryDirectory(prefix="pglab-grade-") as tmp, fresh_database(server_dsn) as dsn:
         report, log = Path(tmp) / "report.json", Path(tmp) / "pytest.log"
@@ -147,22 +112,13 @@ def grade_lab(course: Course, submission: Path, lab: Lab, server_dsn: str,
         output = log.read_text(errors="replace")
         rows = {r["nodeid"]: r for r in json.loads(report.read_text())} if report.is_file() else {}
         if code in (0, 1) and rows:
-            result.tests = [_row(r["name"], r["status"], r["message"], r["output"]) for r in rows.values()]
+            result.tests = [test_row(r["name"], r["status"], r["message"], r["output"]) for r in rows.values()]
         else:
             result.problem = (f"timed out after {opts.timeout:g} s" if code is None
                               else f"the test run crashed (exit code {code})")
             result.tests = _salvage(course, files, rows, output, result.problem)
     result.duration = time.monotonic() - started
     return result
-
-
-def _row(name: str, status: str, message: str = "", output: str = "") -> dict[str, Any]:
-    if message.startswith("Timeout (>") and "pytest-timeout" in message:
-        message = "the check did not finish in time (a hang: an await that never returns?)"
-    output = _scrub(output)
-    if len(output) > OUTPUT_LIMIT:  # keep the end: the assertion is at the bottom of a traceback
-        output = "…" + output[-(OUTPUT_LIMIT - 1):]
-    return {"name": name, "status": status, "message": _scrub(message), "output": output}
 
 
 def _salvage(course: Course, files: list[Path], reported: dict[str, dict[str, Any]], output: str,
@@ -176,14 +132,14 @@ def _salvage(course: Course, files: list[Path], reported: dict[str, dict[str, An
     for nodeid in _collect(course, files) or [*reported, *finished]:
         name = nodeid.split("::")[-1]
         if row := reported.get(nodeid):
-            rows.append(_row(name, row["status"], row["message"], row["output"]))
+            rows.append(test_row(name, row["status"], row["message"], row["output"]))
         elif nodeid in finished:
             status = finished[nodeid]
             note = "" if status == "pass" else f"{_PAST[status]}; no details: the run was stopped ({problem})"
-            rows.append(_row(name, status, note))
+            rows.append(test_row(name, status, note))
         else:
             tail = "" if "timed out" in problem else output[-2000:]
-            rows.append(_row(name, "error", f"{problem} (a hang, an endless loop or a crash?)", tail))
+            rows.append(test_row(name, "error", f"{problem} (a hang, an endless loop or a crash?)", tail))
     return rows
 
 
@@ -257,7 +213,7 @@ def fresh_database(server_dsn: str) -> Iterator[str]:
     failures = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
     name = f"grade_{secrets.token_hex(6)}"
     password = secrets.token_urlsafe(18)
-    _secrets.add(password)
+    hide_secret(password)
     try:
         try:
             own_role = asyncio.run(_create(server_dsn, name, password))
@@ -326,91 +282,16 @@ def grade_submission(course: Course, submission: Path, server_dsn: str, opts: Op
     """Grade every selected lab of one submission, printing a line per lab."""
     if not (submission / "labs").is_dir():
         problem = "the submission has no labs/ folder"
-        return [LabResult(lab, [_row(nodeid.split("::")[-1], "error", problem)
+        return [LabResult(lab, [test_row(nodeid.split("::")[-1], "error", problem)
                                 for nodeid in _collect(course, [course.root / lab.tests])], problem=problem)
                 for lab in opts.labs]
     results = []
     for lab in opts.labs:
         result = grade_lab(course, submission, lab, server_dsn, opts)
         err.print(f"  {escape(learner)} lab {lab.id}: {result.points:g}/{lab.points} points,"
-                  f" {escape(_scrub(result.message))} [dim]({result.duration:.1f} s)[/]", highlight=False)
+                  f" {escape(scrub(result.message))} [dim]({result.duration:.1f} s)[/]", highlight=False)
         results.append(result)
     return results
-
-
-def results_json(learner: str, results: list[LabResult]) -> dict[str, Any]:
-    """The Exercism v3 report, extended with `labs`, `score` and `max_score`."""
-    statuses = {r.status for r in results}
-    status = "error" if "error" in statuses else "fail" if "fail" in statuses else "pass"
-    score, max_score = total(results)
-    if status == "pass":
-        extra = any(r.extra for r in results)
-        message = f"all public{' and extra' if extra else ''} checks passed: {score:g}/{max_score} points"
-    else:
-        problems = [f"lab {r.lab.id}: {r.message}" for r in results if r.status != "pass"]
-        message = f"{score:g}/{max_score} points; " + "; ".join(problems)
-    return {
-        "version": 3, "status": status, "message": _scrub(message),
-        "tests": [{**t, "message": _scrub(t["message"]), "output": _scrub(t["output"]), "lab": r.lab.id}
-                  for r in results for t in r.tests],
-        "learner": learner, "score": score, "max_score": max_score,
-        "labs": [{"id": r.lab.id, "module": r.lab.module, "title": r.lab.title, "status": r.status,
-                  "message": _scrub(r.message), "points": r.points, "max_points": r.lab.points,
-                  "passed": r.count("pass"), "graded": r.graded, "skipped": r.count("skip"),
-                  "duration": round(r.duration, 2)} for r in results],
-    }
-
-
-def junit_xml(learner: str, results: list[LabResult]) -> str:
-    """JUnit XML: one testsuite per lab, one testcase per check."""
-    from xml.etree import ElementTree as ET
-
-    root = ET.Element("testsuites", name=learner)
-    for r in results:
-        suite = ET.SubElement(root, "testsuite", name=r.lab.module, tests=str(len(r.tests)),
-                              failures=str(r.count("fail")), errors=str(r.count("error")),
-                              skipped=str(r.count("skip")), time=f"{r.duration:.2f}")
-        props = ET.SubElement(suite, "properties")
-        ET.SubElement(props, "property", name="points", value=f"{r.points:g}")
-        ET.SubElement(props, "property", name="max_points", value=str(r.lab.points))
-        for t in r.tests:
-            case = ET.SubElement(suite, "testcase", classname=r.lab.module, name=t["name"])
-            tag = {"fail": "failure", "error": "error", "skip": "skipped"}.get(t["status"])
-            if tag:
-                ET.SubElement(case, tag, message=_scrub(t["message"])).text = _scrub(t["output"]) or None
-    ET.indent(root)
-    return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
-
-
-def total(results: list[LabResult]) -> tuple[float, int]:
-    return round(sum(r.points for r in results), 2), sum(r.lab.points for r in results)
-
-
-def _scrub(text: str) -> str:
-    text = scrub_secrets(text)
-    for password in _secrets:
-        text = text.replace(password, "***")
-    return text
-
-
-def write_reports(out: Path, learner: str, results: list[LabResult]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    report = json.dumps(results_json(learner, results), indent=1, ensure_ascii=False)
-    (out / "results.json").write_text(report + "\n")
-    (out / "junit.xml").write_text(junit_xml(learner, results))
-
-
-def print_table(learner: str, results: list[LabResult]) -> None:
-    table = Table(title=escape(f"{learner}: grade"))
-    for column in ("lab", "title", "checks passed", "points", "status"):
-        table.add_column(column)
-    colour = {"pass": "green", "fail": "yellow", "error": "red"}
-    for r in results:
-        table.add_row(r.lab.id, r.lab.title, f"{r.count('pass')}/{r.graded}", f"{r.points:g}/{r.lab.points}",
-                      f"[{colour[r.status]}]{escape(_scrub(r.message))}[/]")
-    console.print(table)
-    report = results_json(learner, results)
-    console.print(f"[bold]{report['status']}[/]: {escape(report['message'])}", highlight=False)
 
 
 # -- the command ------------------------------------------------------------------
@@ -512,5 +393,5 @@ def register(app: typer.Typer) -> None:
                            extra_tests.resolve() if extra_tests else None)
             run(submission, submissions, opts, out, course)
         except GradeError as exc:
-            err.print(f"[bold red]error:[/] {_scrub(str(exc))}")
+            err.print(f"[bold red]error:[/] {scrub(str(exc))}")
             raise typer.Exit(2) from None
