@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from rich.console import Console, Group
 from rich.panel import Panel
-from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
@@ -64,9 +63,9 @@ def progress_table(statuses: list[LabStatus]) -> Group:
     earned = sum(item.earned for item in statuses)
     total = sum(item.lab.points for item in statuses)
     done = sum(item.status == DONE for item in statuses)
-    bar = ProgressBar(total=total, completed=earned, width=40)
-    summary = Text(f"{earned}/{total} points · {done}/{len(statuses)} labs done")
-    return Group(table, bar, summary)
+    filled = round(40 * earned / total) if total else 0
+    bar = Text("█" * filled, style="green") + Text("░" * (40 - filled), style="dim")
+    return Group(table, bar + Text(f"  {earned}/{total} points · {done}/{len(statuses)} labs done"))
 
 
 def _escape(text: str) -> str:
