@@ -84,11 +84,11 @@ def as_server_user() -> dict[str, object]:
     return {"user": SYSTEM_USER, "group": SYSTEM_USER, "extra_groups": []}
 
 
-def _run_as_server_user(args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+def run_as_server_user(args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, capture_output=True, text=True, **as_server_user(), **kwargs)  # type: ignore[call-overload]
 
 
-def _ensure_system_user() -> pwd.struct_passwd:
+def ensure_system_user() -> pwd.struct_passwd:
     try:
         return pwd.getpwnam(SYSTEM_USER)
     except KeyError:
@@ -100,7 +100,7 @@ def _ensure_system_user() -> pwd.struct_passwd:
         return pwd.getpwnam(SYSTEM_USER)
 
 
-def _allow_traversal(path: Path) -> None:
+def allow_traversal(path: Path) -> None:
     """Let the server user reach `path`: add o+x (traverse, not list) on every ancestor."""
     for folder in [path, *path.parents]:
         mode = folder.stat().st_mode
@@ -160,7 +160,7 @@ class EmbeddedServer:
     def status(self) -> ServerStatus:
         """Whether the server of this checkout is running, from its `postmaster.pid`."""
         pid, port = self._postmaster()
-        running = pid is not None and _pid_alive(pid) and self._accepting(port)
+        running = pid is not None and pid_alive(pid) and self._accepting(port)
         return ServerStatus(running, port if running else self._saved_port(), pid if running else None,
                             self.data_dir)
 
@@ -228,9 +228,9 @@ class EmbeddedServer:
         for folder in (self.home, self.log_file.parent):
             folder.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
-            user = _ensure_system_user()
-            _allow_traversal(self.home)
-            _allow_traversal(bin_dir())
+            user = ensure_system_user()
+            allow_traversal(self.home)
+            allow_traversal(bin_dir())
             for folder in (self.log_file.parent, self.data_dir):
                 folder.mkdir(exist_ok=True)
                 os.chown(folder, user.pw_uid, user.pw_gid)
@@ -262,7 +262,7 @@ class EmbeddedServer:
             os.chown(pwfile, pwd.getpwnam(SYSTEM_USER).pw_uid, -1)
         pwfile.chmod(0o600)
         try:
-            result = _run_as_server_user([
+            result = run_as_server_user([
                 str(binary("initdb")), "-D", str(self.data_dir), "-U", ROLE, f"--pwfile={pwfile}",
                 "--auth-host=scram-sha-256", "--auth-local=scram-sha-256",
                 "--encoding=UTF8", "--locale=C", "--no-instructions",
@@ -279,7 +279,7 @@ class EmbeddedServer:
     def _start(self, port: int) -> None:
         self._prepare_dirs()
         pid, _ = self._postmaster()
-        if pid is not None and not _pid_alive(pid):
+        if pid is not None and not pid_alive(pid):
             (self.data_dir / "postmaster.pid").unlink(missing_ok=True)  # stale after a crash/reboot
         elif pid is not None:
             # A server of ours that is alive but not answering (hung, or on a stolen port).
@@ -301,7 +301,7 @@ class EmbeddedServer:
             time.sleep(0.05)
 
     def _pg_ctl(self, args: list[str], *, timeout: float, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = _run_as_server_user([str(binary("pg_ctl")), "-D", str(self.data_dir), *args], timeout=timeout)
+        result = run_as_server_user([str(binary("pg_ctl")), "-D", str(self.data_dir), *args], timeout=timeout)
         if check and result.returncode != 0:
             raise EmbeddedServerError(f"pg_ctl {' '.join(args)} failed:\n{result.stderr.strip()}")
         return result
@@ -314,7 +314,8 @@ class EmbeddedServer:
         return "last lines of the server log:\n" + "\n".join(text)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (it may belong to another user)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -25,6 +25,15 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from .dsn import build_dsn, with_database
+from .embedded import (
+    allow_traversal,
+    binary,
+    ensure_system_user,
+    free_port,
+    pid_alive,
+    port_is_free,
+    run_as_server_user,
+)
 
 if TYPE_CHECKING:
     import typer
@@ -119,7 +128,6 @@ def admin(command: str, dsn: str | None = None) -> list[dict[str, str]]:
     """
     import csv
 
-    from .embedded import binary
 
     parts = urlsplit(admin_dsn(dsn))
     result = subprocess.run(
@@ -149,7 +157,7 @@ def bouncer_status() -> BouncerStatus:
         pid: int | None = int((home() / "pgbouncer.pid").read_text().strip())
     except (OSError, ValueError):
         pid = None
-    running = pid is not None and _alive(pid) and port is not None and _accepting(port)
+    running = pid is not None and pid_alive(pid) and port is not None and _accepting(port)
     return BouncerStatus(running, port, pid if running else None)
 
 
@@ -196,7 +204,6 @@ def _auth_secret(upstream: str) -> str:
     the server for the client: SCRAM pass-through (PgBouncer >= 1.14). `psql`, not
     asyncpg: this may run inside a notebook's event loop.
     """
-    from .embedded import binary
 
     parts = urlsplit(upstream)
     password = unquote(parts.password or "")
@@ -251,22 +258,20 @@ def _write_config(upstream: str, port: int) -> Path:
 
 
 def _give_to_server_user(folder: Path, files: list[Path]) -> None:
-    from .embedded import _allow_traversal, _ensure_system_user
 
-    user = _ensure_system_user()
-    _allow_traversal(folder)
+    user = ensure_system_user()
+    allow_traversal(folder)
     for path in (folder, *files):
         os.chown(path, user.pw_uid, user.pw_gid)
 
 
 def _start(binary: str, upstream: str) -> int:
-    from .embedded import _run_as_server_user, free_port, port_is_free
 
     saved = _state().get("port")
     port = saved if saved and port_is_free(saved) else free_port()
     (home() / "pgbouncer.pid").unlink(missing_ok=True)  # stale after a crash or reboot
     ini = _write_config(upstream, port)
-    result = _run_as_server_user([binary, "-d", str(ini)], timeout=30)
+    result = run_as_server_user([binary, "-d", str(ini)], timeout=30)
     deadline = time.monotonic() + 10
     while not _accepting(port):
         if result.returncode != 0 or time.monotonic() > deadline:
@@ -283,7 +288,7 @@ def _stop() -> None:
         return
     os.kill(pid, signal.SIGTERM)  # immediate shutdown; SIGINT would wait for clients
     deadline = time.monotonic() + 10
-    while _alive(pid) and time.monotonic() < deadline:
+    while pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
 
 
@@ -291,16 +296,6 @@ def _accepting(port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=1):
         return True
     return False
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _log_tail(lines: int = 10) -> str:
