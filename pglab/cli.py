@@ -176,7 +176,8 @@ def hint(
 def watch(
     lab_id: LabId = None,
     poll: Annotated[bool, typer.Option("--poll", help="poll for changes (network drives, containers)")] = False,
-    manual: Annotated[bool, typer.Option("--manual", help="re-run when you press Enter instead of watching files")] = False,
+    manual: Annotated[bool, typer.Option(
+        "--manual", help="re-run when you press Enter instead of watching files")] = False,
 ) -> None:
     """Re-run the checks whenever you save a file in labs/ (Ctrl-C to stop)."""
     course = _course()
@@ -218,7 +219,9 @@ def _manual_loop(course: Course, lab: Lab) -> None:
 
 # -- authoring ----------------------------------------------------------------
 @app.command("build-labs")
-def build_labs(check: Annotated[bool, typer.Option("--check", help="only report; exit 1 if labs/ is out of sync")] = False) -> None:
+def build_labs(
+    check: Annotated[bool, typer.Option("--check", help="only report; exit 1 if labs/ is out of sync")] = False,
+) -> None:
     """Generate the skeletons in labs/ from solutions/."""
     try:
         stale = labgen.out_of_sync()
@@ -238,7 +241,9 @@ def build_labs(check: Annotated[bool, typer.Option("--check", help="only report;
 
 
 @app.command("strip-notebooks")
-def strip_notebooks(check: Annotated[bool, typer.Option("--check", help="only report; exit 1 if any notebook carries outputs")] = False) -> None:
+def strip_notebooks(
+    check: Annotated[bool, typer.Option("--check", help="only report; exit 1 if a notebook carries outputs")] = False,
+) -> None:
     """Remove outputs from every notebook in tutorials/ and workshops/."""
     dirty = [p for p in notebooks.notebooks() if notebooks.carries_outputs(p)]
     if check:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 import time
-from urllib.parse import quote, urlsplit
 from dataclasses import dataclass
+from urllib.parse import quote, urlsplit
 
 from .dsn import DATABASE, ROLE, BadDsnError, build_dsn, mask_dsn, validate_dsn
 from .embedded import EmbeddedServer, EmbeddedServerError
