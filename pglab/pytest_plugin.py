@@ -64,6 +64,12 @@ def load_lab(target: str) -> Callable[[str], ModuleType]:
     return load
 
 
+@pytest.fixture
+def lab(request: pytest.FixtureRequest, load_lab: Callable[[str], ModuleType]) -> ModuleType:
+    """The lab under test: the module named by the test file's `MODULE`, from the target tree."""
+    return load_lab(request.module.MODULE)
+
+
 @pytest.fixture(scope="session")
 def load_solution() -> Callable[[str], ModuleType]:
     """Reference implementation of another lab, for labs that build on it."""

@@ -13,10 +13,6 @@ from pglab.testing import eventually, within
 MODULE = "lab00_first_contact"
 
 
-@pytest.fixture
-def lab(load_lab):
-    return load_lab(MODULE)
-
 
 def with_app_name(dsn: str, app_name: str) -> str:
     # asyncpg passes unknown URI parameters to the server as settings.

@@ -13,10 +13,6 @@ from pglab.testing import eventually, within
 MODULE = "lab01_database_pool"
 
 
-@pytest.fixture
-def lab(load_lab):
-    return load_lab(MODULE)
-
 
 class await_bounded:  # noqa: N801 - reads like the context manager it wraps
     """`async with await_bounded(db.acquire())`: entering fails the check after 5 s instead of hanging."""

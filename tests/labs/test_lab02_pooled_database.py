@@ -13,10 +13,6 @@ MODULE = "lab02_pooled_database"
 HOSTILE = "'); DROP TABLE users; --"
 
 
-@pytest.fixture
-def lab(load_lab):
-    return load_lab(MODULE)
-
 
 @pytest.fixture
 async def pool(load_solution, dsn, app_name):

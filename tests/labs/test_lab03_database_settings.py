@@ -17,10 +17,6 @@ MODULE = "lab03_database_settings"
 HARD_PASSWORD = "p@ss:w/rd#1"  # every character that breaks a naive URI
 
 
-@pytest.fixture
-def lab(load_lab):
-    return load_lab(MODULE)
-
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch, tmp_path):

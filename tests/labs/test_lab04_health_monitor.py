@@ -18,10 +18,6 @@ MODULE = "lab04_health_monitor"
 KEYS = {"status", "last_check", "response_time", "error", "consecutive_failures", "pool_stats"}
 
 
-@pytest.fixture
-def lab(load_lab):
-    return load_lab(MODULE)
-
 
 async def cancel_tasks_since(before: set[asyncio.Task]) -> None:
     """Cancel what a test (or a broken monitor) left running, before its pool goes away."""

@@ -31,10 +31,6 @@ class StandInSettings:
         return {"min_size": self.min_size, "max_size": self.max_size, "command_timeout": 30.0}
 
 
-@pytest.fixture
-def lab(load_lab):
-    return load_lab(MODULE)
-
 
 @pytest.fixture
 async def start(lab, dsn, app_name):

@@ -17,7 +17,7 @@ utilizations = st.floats(min_value=0.05, max_value=1.0, allow_nan=False)
 PROPERTY = settings(max_examples=200, deadline=None, database=None)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module")  # module scope: hypothesis tests use it
 def lab(load_lab):
     return load_lab(MODULE)
 

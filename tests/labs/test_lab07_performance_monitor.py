@@ -28,10 +28,6 @@ class StandInSettings:
         return {"min_size": 1, "max_size": 4}
 
 
-@pytest.fixture
-def lab(load_lab):
-    return load_lab(MODULE)
-
 
 @pytest.fixture
 async def manager(load_solution, dsn, app_name):

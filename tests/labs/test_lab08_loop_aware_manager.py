@@ -17,10 +17,6 @@ MODULE = "lab08_loop_aware_manager"
 SECRET = "s3cr:t/p@ss%word"
 
 
-@pytest.fixture
-def lab(load_lab):
-    return load_lab(MODULE)
-
 
 def pg_config(lab, dsn, **sizes):
     return lab.PostgresPoolConfig.from_dict({"connection_string": dsn, "min_size": 1, "max_size": 2, **sizes})

@@ -19,10 +19,6 @@ from pglab.testing import eventually, within
 MODULE = "lab09_connection_pool"
 
 
-@pytest.fixture
-def lab(load_lab):
-    return load_lab(MODULE)
-
 
 class FakeConnection:
     def __init__(self, connector: FakeConnector) -> None:

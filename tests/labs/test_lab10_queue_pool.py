@@ -16,10 +16,6 @@ from pglab.testing import eventually, within
 MODULE = "lab10_queue_pool"
 
 
-@pytest.fixture
-def lab(load_lab):
-    return load_lab(MODULE)
-
 
 class FakeConn:
     """A stand-in connection: numbered, can be killed, knows whether it was closed."""

@@ -20,10 +20,6 @@ MODULE = "lab11_failure_drills"
 SECRET = "s3cr3t-Passw0rd"
 
 
-@pytest.fixture
-def lab(load_lab):
-    return load_lab(MODULE)
-
 
 @pytest.fixture
 async def make_pool(dsn, app_name):

@@ -23,10 +23,6 @@ from pglab.testing import eventually, within
 MODULE = "lab12_production"
 
 
-@pytest.fixture
-def lab(load_lab):
-    return load_lab(MODULE)
-
 
 @pytest.fixture(scope="session")
 def bouncer_dsn(dsn) -> str:
