@@ -242,7 +242,7 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
 
         from . import bench_plots, bench_scenarios
-        from .database import DatabaseUnavailableError, locate
+        from .servers.database import DatabaseUnavailableError, locate
 
         console = Console()
         if use_uvloop and not uvloop_available():

@@ -376,7 +376,7 @@ def row_for_batch(m: Measurement, method: str, rows: int, calls: int) -> dict[st
 
 
 def ceiling(ctx: Context) -> dict[str, Any]:
-    from .embedded import EmbeddedServerError, binary
+    from .servers.embedded import EmbeddedServerError, binary
 
     s = ctx.settings
     try:
@@ -447,7 +447,7 @@ def ceiling_rounds(s: Settings) -> int:
 
 def run_pgbench(dsn: str, tmp: Path, mode: str, clients: int, seconds: float) -> dict[str, Any]:
     """One pgbench run of `SELECT 1`; latencies from a 10 % sample of its transaction log."""
-    from .embedded import binary
+    from .servers.embedded import binary
 
     parts = urlsplit(dsn)
     script = tmp / "select1.sql"
@@ -534,7 +534,7 @@ def run_all(dsn: str, settings: Settings, names: list[str], progress: Progress) 
         except Skip as exc:
             results.update({key: {"skipped": str(exc)} for key in KEYS.get(name, (name,))})
         except Exception as exc:  # reported in results.json; the exit code says it failed
-            from .database import scrub_secrets
+            from .servers.database import scrub_secrets
 
             message = scrub_secrets(f"{type(exc).__name__}: {exc}")
             results.update({key: {"error": message} for key in KEYS.get(name, (name,))})

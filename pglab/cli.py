@@ -10,12 +10,13 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from . import bench, grade, labgen, notebooks, pgbouncer, progress, render
+from . import bench, grade, labgen, notebooks, progress, render
 from .checks import LabResult, run_checks
 from .course import Course, Lab, ManifestError, UnknownLabError, load_course
-from .database import DatabaseUnavailableError, locate
-from .dsn import mask_dsn
-from .embedded import EmbeddedServer, EmbeddedServerError, binary
+from .servers import pgbouncer
+from .servers.database import DatabaseUnavailableError, locate
+from .servers.dsn import mask_dsn
+from .servers.embedded import EmbeddedServer, EmbeddedServerError, binary
 
 console = Console()
 err = Console(stderr=True)
@@ -273,12 +274,26 @@ def lint() -> None:
 
 
 @app.command("verify-checks")
-def verify_checks() -> None:
-    """Course self-check: every graded test passes on solutions/ and fails on labs/."""
+def verify_checks(
+    labs: Annotated[list[str] | None, typer.Option("--lab", help="only this lab (repeatable)")] = None,
+    flips: Annotated[bool, typer.Option(help="prove each check passes on solutions/ and fails on labs/")] = True,
+    mutants: Annotated[bool, typer.Option(help="prove each kept mutant fails at least one check")] = True,
+    jobs: Annotated[int, typer.Option(help="mutants run in parallel")] = 2,
+) -> None:
+    """Course self-check: the checks flip (solution passes, skeleton fails) and catch every mutant."""
+    course = _course()
+    chosen = [course.lab(lab_id) for lab_id in labs] if labs else course.labs
+    failures = _verify_flips(course, chosen) if flips else 0
+    failures += _verify_mutants(course, chosen, jobs) if mutants else 0
+    if failures:
+        raise fail(f"verify-checks: {failures} problem(s), listed above", 1)
+
+
+def _verify_flips(course: Course, labs: list[Lab]) -> int:
     from .verify import verify
 
-    with console.status("running every graded check against solutions/ and labs/ ..."):
-        verdicts = verify(_course())
+    with console.status("running the graded checks against solutions/ and labs/ ..."):
+        verdicts = verify(course, labs)
     bad = [v for v in verdicts if not v.honest]
     skipped = [v for v in verdicts if v.on_solution == "skip"]
     for verdict in skipped:
@@ -286,11 +301,31 @@ def verify_checks() -> None:
     for verdict in bad:
         err.print(f"[red]dishonest check[/] {verdict.nodeid}: solution {verdict.on_solution}, "
                   f"skeleton {verdict.on_skeleton}")
-    if bad:
-        raise fail(f"{len(bad)} of {len(verdicts)} graded checks do not fail on the skeleton "
-                   "and pass on the solution", 1)
-    console.print(f"[green]all {len(verdicts) - len(skipped)} graded checks pass on solutions/ "
-                  f"and fail on labs/[/]" + (f" ({len(skipped)} skipped in both)" if skipped else ""))
+    if not bad:
+        console.print(f"[green]all {len(verdicts) - len(skipped)} graded checks pass on solutions/ "
+                      f"and fail on labs/[/]" + (f" ({len(skipped)} skipped in both)" if skipped else ""))
+    return len(bad)
+
+
+def _verify_mutants(course: Course, labs: list[Lab], jobs: int) -> int:
+    from .mutants import verify_mutants
+
+    with console.status(f"planting the mutants of {len(labs)} lab(s) in the solutions ..."):
+        verdicts, problems = verify_mutants(course, labs, jobs)
+    for problem in problems:
+        err.print(f"[red]mutants[/] {problem}")
+    survivors = [v for v in verdicts if not v.killed]
+    for v in survivors:
+        why = v.error or "no check failed"
+        err.print(f"[red]mutant survives[/] lab {v.lab.id} {v.mutant.name} ({v.mutant.bug}): {why}")
+    by_lab: dict[str, list[int]] = {}
+    for v in verdicts:
+        by_lab.setdefault(v.lab.id, [0, 0])[v.killed] += 1
+    for lab_id, (alive, killed) in sorted(by_lab.items()):
+        console.print(f"lab {lab_id}: {killed}/{alive + killed} mutants killed")
+    if not survivors and not problems:
+        console.print(f"[green]all {len(verdicts)} mutants are caught by at least one check[/]")
+    return len(survivors) + len(problems)
 
 
 # Commands that live in their own modules (each keeps its heavy imports inside functions).

@@ -25,7 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from .embedded import EmbeddedServer, EmbeddedServerError, bin_dir
+from .servers.embedded import EmbeddedServer, EmbeddedServerError, bin_dir
 
 
 @dataclass

@@ -42,7 +42,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from .course import Course, Lab, UnknownLabError, load_course
-from .database import DatabaseUnavailableError, locate
 from .grade_report import (
     LabResult,
     console,
@@ -54,6 +53,7 @@ from .grade_report import (
     total,
     write_reports,
 )
+from .servers.database import DatabaseUnavailableError, locate
 
 MEMORY_LIMIT_MIB = 2048
 CHECK_PLUGINS = ("asyncio", "timeout", "hypothesispytest", "anyio")  # pytest11 entry points the checks use

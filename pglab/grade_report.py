@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .course import Lab
-from .database import scrub_secrets
+from .servers.database import scrub_secrets
 
 OUTPUT_LIMIT = 500  # characters of `output` per test, as in Exercism's v3 format
 _secrets: set[str] = set()  # passwords of the grader's throw-away roles

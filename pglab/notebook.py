@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from .database import locate
+from .servers.database import locate
 from .targets import load_lab_module
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from .database import DatabaseUnavailableError, database_url, scrub_secrets
+from .servers.database import DatabaseUnavailableError, database_url, scrub_secrets
 from .targets import TargetError, load_lab_module
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from pglab import drills
 from pglab.backends import terminate_backends
-from pglab.embedded import free_port
+from pglab.servers.embedded import free_port
 from pglab.testing import eventually, within
 
 MODULE = "lab11_failure_drills"

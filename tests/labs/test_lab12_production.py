@@ -15,9 +15,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from pglab import pgbouncer
+from pglab.servers import pgbouncer
 from pglab.backends import terminate_backends
-from pglab.embedded import free_port
+from pglab.servers.embedded import free_port
 from pglab.testing import eventually, within
 
 MODULE = "lab12_production"

@@ -11,9 +11,9 @@ import time
 import asyncpg
 import pytest
 
-from pglab import database
-from pglab.dsn import BadDsnError, build_dsn, mask_dsn, validate_dsn, with_database
-from pglab.embedded import EmbeddedServer, EmbeddedServerError
+from pglab.servers import database
+from pglab.servers.dsn import BadDsnError, build_dsn, mask_dsn, validate_dsn, with_database
+from pglab.servers.embedded import EmbeddedServer, EmbeddedServerError
 
 
 def test_database_url_is_honoured_without_probing_docker(monkeypatch):

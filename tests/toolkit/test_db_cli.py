@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 from typer.testing import CliRunner
 
 from pglab.cli import app
-from pglab.database import database_url
+from pglab.servers.database import database_url
 
 
 def test_db_up_masks_the_password_and_db_url_prints_it_for_export():

@@ -30,8 +30,8 @@ import asyncpg
 import pytest
 
 from pglab.course import tomllib
-from pglab.database import known_passwords
 from pglab.labgen import solved
+from pglab.servers.database import known_passwords
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPECTED = ROOT / "tests" / "toolkit" / "submissions"
@@ -138,7 +138,7 @@ def test_batch_writes_a_summary_and_leaks_no_secret_nor_database(batch):
 
 
 async def _leftover_grade_databases() -> list[str]:
-    from pglab.database import database_url
+    from pglab.servers.database import database_url
 
     conn = await asyncpg.connect(database_url())
     try:

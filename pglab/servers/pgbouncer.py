@@ -78,7 +78,7 @@ def unavailable_reason() -> str | None:
 
 
 def home() -> Path:
-    from .paths import state_dir
+    from ..paths import state_dir
 
     return state_dir() / "pgbouncer"
 

@@ -23,8 +23,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..paths import state_dir
 from .dsn import DATABASE, ROLE, build_dsn
-from .paths import state_dir
 
 SYSTEM_USER = "pglab"
 HOST = "127.0.0.1"
