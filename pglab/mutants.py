@@ -96,17 +96,22 @@ class MutantVerdict:
         return bool(self.killed_by) and not self.error
 
 
-def build_target(course: Course, lab: Lab, mutant: Mutant, folder: Path) -> Path:
-    """Write every solved lab into `folder`, with `mutant` planted in `lab`'s module."""
+def write_solved(course: Course, folder: Path) -> Path:
+    """Write every lab's solution, markers removed, into `folder` (a target for `--target`)."""
     folder.mkdir(parents=True, exist_ok=True)
     for solution in sorted((course.root / "solutions").glob("lab*.py")):
-        text = solved(solution.read_text())
-        if solution.stem == lab.module:
-            planted = mutant.apply(text, str(mutants_file(course, lab).relative_to(course.root)))
-            if planted == text:
-                raise MutantError(f"mutant {mutant.name!r} changes nothing")
-            text = planted
-        (folder / solution.name).write_text(text)
+        (folder / solution.name).write_text(solved(solution.read_text()))
+    return folder
+
+
+def build_target(course: Course, lab: Lab, mutant: Mutant, folder: Path) -> Path:
+    """Write every solved lab into `folder`, with `mutant` planted in `lab`'s module."""
+    module = write_solved(course, folder) / f"{lab.module}.py"
+    text = module.read_text()
+    planted = mutant.apply(text, str(mutants_file(course, lab).relative_to(course.root)))
+    if planted == text:
+        raise MutantError(f"mutant {mutant.name!r} changes nothing")
+    module.write_text(planted)
     return folder
 
 
