@@ -10,21 +10,22 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from . import bench, grade, labgen, notebooks, progress, render
-from .checks import LabResult, run_checks
+from . import bench, capstone, grade, labgen, mutation, notebooks, progress, render
+from .checks import ENVIRONMENT_BROKEN, LabResult, ping_problem, probe_database, run_checks
 from .course import Course, Lab, ManifestError, UnknownLabError, load_course
-from .servers import pgbouncer
+from .servers import pgbouncer, replica
 from .servers.database import DatabaseUnavailableError, locate
-from .servers.dsn import mask_dsn
+from .servers.dsn import BadDsnError, mask_dsn, validate_dsn
 from .servers.embedded import EmbeddedServer, EmbeddedServerError, binary
 
 console = Console()
 err = Console(stderr=True)
 
+LEARNER, AUTHOR, DATABASE = "Learner commands", "Authoring and grading", "Database"  # sections of --help
 app = typer.Typer(help="Toolkit of the PostgreSQL connection pooling course.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
 db_app = typer.Typer(help="Find, start and stop the course's PostgreSQL server.", no_args_is_help=True)
-app.add_typer(db_app, name="db")
+app.add_typer(db_app, name="db", rich_help_panel=DATABASE)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -55,9 +56,16 @@ def db_url() -> None:
 
 @db_app.command("status")
 def db_status() -> None:
-    """Say which server the course uses and whether it answers."""
+    """Say which server the course uses and whether it answers (exit 1 when it does not)."""
     if url := os.environ.get("DATABASE_URL"):
-        console.print(f"DATABASE_URL is set: {mask_dsn(url)} (the embedded server is not used)")
+        try:
+            problem = ping_problem(validate_dsn(url), "env", timeout=5)
+        except BadDsnError as exc:
+            problem = f"DATABASE_URL is not usable: {exc}"
+        if problem:
+            err.print(f"[red]DATABASE_URL is set but not usable[/] ({mask_dsn(url)}):\n{problem}")
+            raise typer.Exit(1)
+        console.print(f"[green]DATABASE_URL answers[/]: {mask_dsn(url)} (the embedded server is not used)")
         return
     status = EmbeddedServer().status()
     if status.running:
@@ -125,36 +133,46 @@ def _pick_lab(course: Course, lab_id: str | None) -> Lab:
     return course.labs[-1]
 
 
-def _check(course: Course, lab: Lab, target: str, verbose: bool) -> LabResult:
+def _check(course: Course, lab: Lab, target: str, verbose: bool, *, watching: bool = False) -> LabResult:
+    """Probe the database, run the checks, show them; record the result of a run on labs/."""
     with console.status(f"running the checks of lab {lab.id} against {target}/ ..."):
-        result = run_checks(lab, target)
-    render.check_report(console, result, course, verbose=verbose)
+        _, problem = probe_database()
+        result = LabResult(lab, environment=problem) if problem else run_checks(lab, target)
+    render.check_report(console, result, course, verbose=verbose, watching=watching)
     if target == "labs":
-        progress.record(result, course.root)
+        progress.record(result, course.root)  # a broken environment is never recorded
     return result
 
 
-@app.command("check")
+@app.command("check", rich_help_panel=LEARNER)
 def check(
     lab_id: LabId = None,
     target: Annotated[str, typer.Option(help="labs (your code), solutions, or a folder")] = "labs",
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show the full output of failing checks")] = False,
 ) -> None:
-    """Run a lab's checks against your code in labs/. Exit 0 when all pass, 1 otherwise."""
+    """Run a lab's checks against your code in labs/.
+
+    Exit code: 0 all pass, 1 a check fails, 2 usage error,
+    69 the environment is broken (no usable database; nothing is recorded).
+    """
     course = _course()
     result = _check(course, _pick_lab(course, lab_id), target, verbose)
-    raise typer.Exit(0 if result.all_passed else 1)
+    raise typer.Exit(_exit_code(result))
 
 
-@app.command("progress")
+def _exit_code(result: LabResult) -> int:
+    return ENVIRONMENT_BROKEN if result.environment is not None else 0 if result.all_passed else 1
+
+
+@app.command("progress", rich_help_panel=LEARNER)
 def show_progress() -> None:
     """Every lab, its status and points, and an overall progress bar."""
     console.print(render.progress_table(progress.course_status(_course())))
 
 
-@app.command("hint")
+@app.command("hint", rich_help_panel=LEARNER)
 def hint(
-    lab_id: Annotated[str, typer.Argument(help="lab id, e.g. 01")],
+    lab_id: LabId = None,
     reset: Annotated[bool, typer.Option("--reset", help="start this lab's hints from the first again")] = False,
 ) -> None:
     """Show the next hint for a lab (each call reveals one more; never the solution)."""
@@ -173,27 +191,30 @@ def hint(
                       f"check's message with `pglab check {lab.id} -v`.[/]")
 
 
-@app.command("watch")
+@app.command("watch", rich_help_panel=LEARNER)
 def watch(
     lab_id: LabId = None,
     poll: Annotated[bool, typer.Option("--poll", help="poll for changes (network drives, containers)")] = False,
     manual: Annotated[bool, typer.Option(
         "--manual", help="re-run when you press Enter instead of watching files")] = False,
 ) -> None:
-    """Re-run the checks whenever you save a file in labs/ (Ctrl-C to stop)."""
+    """Re-run a lab's checks each time you save its file in labs/; move on when it passes (Ctrl-C to stop).
+
+    Exit code 69 when the environment is broken at the start (no usable database).
+    """
     course = _course()
     lab = _pick_lab(course, lab_id)
-    _check(course, lab, "labs", False)
+    lab, result = _watch_round(course, lab)
+    if result.environment is not None:
+        raise typer.Exit(ENVIRONMENT_BROKEN)
     if not manual:
         try:
             import watchfiles
 
-            console.print(f"[dim]watching {course.root / 'labs'} ... (Ctrl-C to stop)[/]")
             for changes in watchfiles.watch(course.root / "labs", force_polling=poll or None,
                                             watch_filter=watchfiles.PythonFilter()):
-                lab = _lab_for_changes(course, changes) or lab
-                console.rule(f"lab {lab.id}")
-                _check(course, lab, "labs", False)
+                if _saved(lab, changes):
+                    lab, _ = _watch_round(course, lab)
             return
         except KeyboardInterrupt:
             return
@@ -202,9 +223,22 @@ def watch(
     _manual_loop(course, lab)
 
 
-def _lab_for_changes(course: Course, changes: set[tuple[object, str]]) -> Lab | None:
-    names = {os.path.basename(path) for _, path in changes}
-    return next((lab for lab in course.labs if f"{lab.module}.py" in names), None)
+def _watch_round(course: Course, lab: Lab) -> tuple[Lab, LabResult]:
+    """Clear the screen, check `lab`; when it passes, move on to the next lab and show its checks."""
+    console.clear()
+    result = _check(course, lab, "labs", False, watching=True)
+    later = [other for other in course.labs if other.id > lab.id]
+    if result.all_passed and later:
+        lab = later[0]
+        console.rule(f"lab {lab.id}")
+        _check(course, lab, "labs", False, watching=True)
+    console.print(f"[dim]watching {lab.skeleton} ... save it to re-run the checks (Ctrl-C to stop)[/]")
+    return lab, result
+
+
+def _saved(lab: Lab, changes: set[tuple[object, str]]) -> bool:
+    """True when `changes` include the lab's own file: saving another lab never switches labs."""
+    return any(os.path.basename(path) == f"{lab.module}.py" for _, path in changes)
 
 
 def _manual_loop(course: Course, lab: Lab) -> None:
@@ -215,11 +249,11 @@ def _manual_loop(course: Course, lab: Lab) -> None:
             return
         if answer.strip().lower() == "q":
             return
-        _check(course, lab, "labs", False)
+        lab, _ = _watch_round(course, lab)
 
 
 # -- authoring ----------------------------------------------------------------
-@app.command("build-labs")
+@app.command("build-labs", rich_help_panel=AUTHOR)
 def build_labs(
     check: Annotated[bool, typer.Option("--check", help="only report; exit 1 if labs/ is out of sync")] = False,
 ) -> None:
@@ -241,7 +275,7 @@ def build_labs(
     console.print("[green]labs/ is up to date[/]")
 
 
-@app.command("strip-notebooks")
+@app.command("strip-notebooks", rich_help_panel=AUTHOR)
 def strip_notebooks(
     check: Annotated[bool, typer.Option("--check", help="only report; exit 1 if a notebook carries outputs")] = False,
 ) -> None:
@@ -259,7 +293,7 @@ def strip_notebooks(
         console.print(f"stripped {path}")
 
 
-@app.command("lint")
+@app.command("lint", rich_help_panel=AUTHOR)
 def lint() -> None:
     """Check course.toml: every lab has its files, points and hints."""
     try:
@@ -273,7 +307,7 @@ def lint() -> None:
     console.print(f"[green]course.toml is valid[/]: {len(load_course().labs)} labs")
 
 
-@app.command("verify-checks")
+@app.command("verify-checks", rich_help_panel=AUTHOR)
 def verify_checks(
     labs: Annotated[list[str] | None, typer.Option("--lab", help="only this lab (repeatable)")] = None,
     flips: Annotated[bool, typer.Option(help="prove each check passes on solutions/ and fails on labs/")] = True,
@@ -329,8 +363,11 @@ def _verify_mutants(course: Course, labs: list[Lab], jobs: int) -> int:
 
 
 # Commands that live in their own modules (each keeps its heavy imports inside functions).
-for _module, _parent in ((grade, app), (bench, app), (pgbouncer, db_app)):
+for _module, _parent in ((grade, app), (bench, app), (capstone, app), (mutation, app), (pgbouncer, db_app),
+                         (replica, db_app)):
     _module.register(_parent)
+for _command in app.registered_commands:  # commands registered by other modules are author or grader tools
+    _command.rich_help_panel = _command.rich_help_panel or AUTHOR
 
 
 def main() -> None:

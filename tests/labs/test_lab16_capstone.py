@@ -1,0 +1,151 @@
+"""Checks for lab 16, the capstone: the service on your labs, served by real uvicorn workers.
+
+Every check starts the service as a real process (`pglab.capstone.start`) on a database
+of its own and talks HTTP to it. The SLO check loads it with wrk and terminates every
+backend in the middle; the shutdown check sends SIGTERM with requests in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+
+import asyncpg
+import httpx
+import pytest
+
+from pglab import capstone
+from pglab.drills import PrivateServer, private_server_unavailable
+from pglab.testing import eventually, within
+
+MODULE = "lab16_capstone"
+
+
+@pytest.fixture
+async def database(dsn):
+    async with capstone.private_database(dsn) as (service_dsn, name):
+        yield service_dsn, name
+
+
+@pytest.fixture
+async def service(lab, target, database):
+    """The service with one worker on its own database; its process, URL and DSN."""
+    running = await asyncio.to_thread(capstone.start, database[0], target, 1)
+    yield running.url
+    await asyncio.to_thread(capstone.stop, running)
+
+
+async def test_the_service_serves_items_and_maps_errors(service):
+    url = service
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        created = await client.post("/items", json={"id": 7, "value": "seven"})
+        assert created.status_code == 201, f"POST /items should create the item with 201, got {created.status_code}"
+        got = await client.get("/items/7")
+        assert got.status_code == 200 and got.json().get("value") == "seven", \
+            f"GET /items/7 should return the item, got {got.status_code} {got.text[:200]}"
+        missing = await client.get("/items/99999")
+        assert missing.status_code == 404, f"GET of a missing item should be 404, got {missing.status_code}"
+        duplicate = await client.post("/items", json={"id": 7, "value": "again"})
+        assert duplicate.status_code == 409, \
+            f"a duplicate id should be 409 (lab 11's mapping), got {duplicate.status_code}"
+        leaked = [word for word in ("duplicate key", "Key (id)", "capstone_items", "violates")
+                  if word in duplicate.text]
+        assert not leaked, f"the 409 body leaks the database's error text ({leaked}): use lab 11's fixed messages"
+        bad = await client.post("/items", content=b"not json")
+        assert bad.status_code == 400, f"a malformed body should be 400, got {bad.status_code}"
+
+
+async def test_ready_from_the_start_and_metrics_exposed(service):
+    url = service
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200, ("/readyz should be 200 as soon as the service answers "
+                                          f"(run one health check at start), got {ready.status_code}")
+        await client.post("/items", json={"id": 1, "value": "one"})
+        await client.get("/items/1")
+        metrics = (await client.get("/metrics")).text
+    for name in ("db_pool_size", "db_pool_in_use", "db_pool_acquires_total"):
+        assert name in metrics, f"/metrics should expose lab 12's {name} for this worker's pool"
+
+
+async def test_an_exhausted_pool_answers_503_not_a_hang(service):
+    url = service
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        hogs = [asyncio.ensure_future(client.get("/slow/4000")) for _ in range(8)]  # pool_max_size is 5
+        await asyncio.sleep(0.5)
+        answer = await within(client.get("/items/1"), 4 * capstone_acquire_timeout(), "GET /items/1 on a full pool")
+        await asyncio.gather(*hogs, return_exceptions=True)
+    assert answer.status_code == 503, (f"with every connection busy, a request should get 503 after the acquire "
+                                       f"timeout, got {answer.status_code}: pass a timeout to every acquire")
+
+
+def capstone_acquire_timeout() -> float:
+    return 2.0  # lab 16's ACQUIRE_TIMEOUT; checked loosely: a hang, not a speed, is the failure
+
+
+@pytest.mark.deadline(60)
+@pytest.mark.skipif(private_server_unavailable() is not None, reason="needs a private server")
+async def test_liveness_survives_a_database_outage_and_readiness_tells(lab, target, tmp_path):
+    server = PrivateServer(tmp_path / "db")
+    await asyncio.to_thread(server.start)
+    running = await asyncio.to_thread(capstone.start, server.dsn, target, 1)
+    try:
+        async with httpx.AsyncClient(base_url=running.url, timeout=10) as client:
+            await asyncio.to_thread(server.embedded.down)
+
+            async def not_ready() -> bool:
+                return (await client.get("/readyz")).status_code == 503
+
+            await eventually(not_ready, 10, "/readyz should turn 503 while the database is down")
+            alive = await client.get("/healthz")
+            assert alive.status_code == 200, \
+                f"/healthz is liveness: it must not depend on the database, got {alive.status_code}"
+            down = await client.get("/items/1")
+            assert down.status_code == 503, f"a request while the database is down should get 503: {down.status_code}"
+            await asyncio.to_thread(server.start)
+
+            async def ready() -> bool:
+                return (await client.get("/readyz")).status_code == 200
+
+            await eventually(ready, 15, "/readyz should be 200 again once the database is back")
+    finally:
+        await asyncio.to_thread(capstone.stop, running)
+        await asyncio.to_thread(server.embedded.down)
+
+
+@pytest.mark.deadline(120)
+@pytest.mark.skipif(shutil.which("wrk") is None, reason=capstone.WRK_HINT)
+async def test_the_slo_holds_while_every_backend_is_terminated(lab, target, dsn):
+    report = await within(capstone.drill_run(dsn, target, drill="terminate", workers=2, seconds=8), 90,
+                          "the load run")
+    broken = report.verdict(capstone.Slo())
+    assert report.requests > 0, "wrk got no successful response at all"
+    assert not broken, (f"SLO missed under the drill: {'; '.join(broken)} ({report.requests} requests, "
+                        f"fault at {report.fault_at} s)")
+
+
+@pytest.mark.deadline(60)
+async def test_sigterm_lets_in_flight_requests_finish(lab, target, database):
+    service_dsn, name = database
+    running = await asyncio.to_thread(capstone.start, service_dsn, target, 1)
+    try:
+        async with httpx.AsyncClient(base_url=running.url, timeout=20) as client:
+            in_flight = [asyncio.ensure_future(client.get("/slow/1500")) for _ in range(4)]
+            await asyncio.sleep(0.5)
+            running.proc.send_signal(signal.SIGTERM)
+            answers = await within(asyncio.gather(*in_flight, return_exceptions=True), 20, "the in-flight requests")
+        code = await asyncio.to_thread(running.proc.wait, 20)
+    finally:
+        await asyncio.to_thread(capstone.stop, running)
+    lost = [a for a in answers if isinstance(a, BaseException) or a.status_code != 200]
+    assert not lost, f"{len(lost)} of 4 in-flight requests were lost on SIGTERM: {lost[:2]}"
+    # uvicorn re-raises the signal once its graceful shutdown is done: -SIGTERM is a clean exit.
+    assert code in (0, -signal.SIGTERM), f"the service should exit cleanly after SIGTERM, got {code}"
+    conn = await asyncpg.connect(service_dsn)
+    try:
+        left = await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = $1 "
+                                   "AND pid <> pg_backend_pid() AND backend_type = 'client backend'", name)
+    finally:
+        await conn.close()
+    assert left == 0, f"{left} server connections still open after the service exited: close the pool on shutdown"
