@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from pglab import bench_plots, bench_scenarios
 from pglab.bench import Measurement, Settings, Silent, percentile
+from pglab.bench import common as bench_common
+from pglab.bench import plots as bench_plots
+from pglab.bench import scenarios as bench_scenarios
 from pglab.cli import app
 from pglab.targets import TargetError
 
@@ -40,11 +42,11 @@ def test_a_tiny_run_produces_every_scenario_and_the_plots(dsn, tmp_path):
     assert not errors, f"scenarios failed: {errors}"
     assert {"cores", "python", "asyncpg", "server"} <= results["machine"].keys()
     expected = {"unpooled", "pooled", "overhead", "from_scratch", "reset_cost", "pool_size_sweep",
-                "batch", "ceiling"}
+                "batch", "ceiling", "production_pools", "pipeline"}
     assert expected <= results.keys(), f"missing scenarios: {expected - results.keys()}"
 
     assert_row(results["unpooled"], "unpooled")
-    for key in ("pooled", "overhead", "from_scratch", "reset_cost", "ceiling"):
+    for key in ("pooled", "overhead", "from_scratch", "reset_cost", "ceiling", "production_pools", "pipeline"):
         value = results[key]
         if "skipped" in value:  # a lab solution that is not there yet
             continue
@@ -54,6 +56,8 @@ def test_a_tiny_run_produces_every_scenario_and_the_plots(dsn, tmp_path):
             if "skipped" not in variant:
                 assert_row(variant, f"{key}/{name}")
     assert results["ceiling"]["reference"]["variant"] == "pgbench -M prepared"
+    for name, variant in results["production_pools"]["variants"].items():
+        assert 0 < variant["jain_fairness"] <= 1, f"production_pools/{name}: fairness index out of range"
 
     sweep = results["pool_size_sweep"]["rows"]
     assert [r["pool_size"] for r in sweep] == [1, 2]
@@ -65,7 +69,7 @@ def test_a_tiny_run_produces_every_scenario_and_the_plots(dsn, tmp_path):
 
     written = bench_plots.write(results, tmp_path)
     names = {p.name for p in written}
-    assert names == {"results.json", "comparisons.png", "pool_size_sweep.png", "batch.png"}
+    assert names == {"results.json", "comparisons.png", "pool_size_sweep.png", "batch.png", "production_pools.png"}
     for path in written:
         assert path.stat().st_size > 0, f"{path.name} is empty"
     assert json.loads((tmp_path / "results.json").read_text())["pooled"] == results["pooled"]
@@ -75,7 +79,7 @@ def test_a_missing_lab_solution_makes_its_scenario_skipped(dsn, monkeypatch):
     def missing(module: str, target: str | None = None):
         raise TargetError(f"{module}.py does not exist")
 
-    monkeypatch.setattr(bench_scenarios, "load_lab_module", missing)
+    monkeypatch.setattr(bench_common, "load_lab_module", missing)
     results = bench_scenarios.run_all(dsn, TINY, ["overhead", "from_scratch"], Silent())
     for key in ("overhead", "from_scratch"):
         assert "skipped" in results[key], f"{key} should be skipped, got {results[key]}"

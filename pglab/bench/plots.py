@@ -15,6 +15,8 @@ GROUPS = (  # (results key, title) of the bar chart, top to bottom
     ("overhead", "course wrappers vs raw pool"),
     ("from_scratch", "from-scratch pools"),
     ("reset_cost", "reset on release"),
+    ("production_pools", "production pools (lab 15)"),
+    ("pipeline", "a batch of independent queries"),
     ("ceiling", "ceiling"),
 )
 
@@ -104,6 +106,23 @@ def draw_batch(ax: Any, batch: dict[str, Any]) -> None:
     ax.set_title(f"inserting {rows[0]['rows']:,} rows", fontsize=10)
 
 
+def draw_fairness(axes: Any, result: dict[str, Any]) -> None:
+    """Per-pool p50/p99 latency and Jain's fairness of the tasks' shares, side by side."""
+    rows = {name: row for name, row in result["variants"].items() if "ops_per_s" in row}
+    names = list(rows)
+    lat_ax, fair_ax = axes
+    x = range(len(names))
+    lat_ax.bar([i - 0.2 for i in x], [rows[n]["p50_ms"] for n in names], width=0.4, label="p50")
+    lat_ax.bar([i + 0.2 for i in x], [rows[n]["p99_ms"] for n in names], width=0.4, label="p99")
+    lat_ax.set_xticks(list(x), names, rotation=15, ha="right", fontsize=8)
+    lat_ax.set(ylabel="latency per borrow + SELECT 1 (ms)", yscale="log", title="latency")
+    lat_ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    fair_ax.bar(list(x), [rows[n]["jain_fairness"] for n in names], color="C2")
+    fair_ax.set_xticks(list(x), names, rotation=15, ha="right", fontsize=8)
+    fair_ax.set(ylabel="Jain's fairness index (1 = equal shares)", ylim=(0, 1.05),
+                title="fairness across tasks")
+
+
 def write(results: dict[str, Any], out: Path) -> list[Path]:
     """Write results.json and every plot the results allow; return the paths written."""
     from matplotlib.figure import Figure
@@ -119,6 +138,10 @@ def write(results: dict[str, Any], out: Path) -> list[Path]:
         fig = Figure(figsize=(8, 4.5), layout="constrained")
         draw_sweep(fig.subplots(), results["pool_size_sweep"])
         written.append(_save(fig, out / "pool_size_sweep.png"))
+    if "variants" in results.get("production_pools", {}):
+        fig = Figure(figsize=(11, 4.5), layout="constrained")
+        draw_fairness(fig.subplots(1, 2), results["production_pools"])
+        written.append(_save(fig, out / "production_pools.png"))
     if "rows" in results.get("batch", {}):
         fig = Figure(figsize=(7, 4), layout="constrained")
         draw_batch(fig.subplots(), results["batch"])

@@ -241,8 +241,8 @@ def register(app: typer.Typer) -> None:
         """
         from rich.console import Console
 
-        from . import bench_plots, bench_scenarios
-        from .servers.database import DatabaseUnavailableError, locate
+        from ..servers.database import DatabaseUnavailableError, locate
+        from . import plots, scenarios
 
         console = Console()
         if use_uvloop and not uvloop_available():
@@ -252,11 +252,11 @@ def register(app: typer.Typer) -> None:
         if seconds is not None:
             overrides.update(seconds=seconds, sweep_seconds=seconds / 3)
         settings = Settings.quick_run(**overrides) if quick else Settings.full(**overrides)
-        names = [n.strip() for n in only.split(",") if n.strip()] or list(bench_scenarios.SCENARIOS)
-        unknown = sorted(set(names) - set(bench_scenarios.SCENARIOS))
+        names = [n.strip() for n in only.split(",") if n.strip()] or list(scenarios.SCENARIOS)
+        unknown = sorted(set(names) - set(scenarios.SCENARIOS))
         if unknown:
             console.print(f"[red]unknown scenario(s):[/] {', '.join(unknown)}; "
-                          f"choose from {', '.join(bench_scenarios.SCENARIOS)}")
+                          f"choose from {', '.join(scenarios.SCENARIOS)}")
             raise typer.Exit(2)
         try:
             dsn = locate().dsn
@@ -264,11 +264,11 @@ def register(app: typer.Typer) -> None:
             console.print(f"[red]no database:[/] {exc}")
             raise typer.Exit(2) from None
         started = time.perf_counter()
-        with rich_progress(bench_scenarios.count_steps(names, settings)) as progress:
-            results = bench_scenarios.run_all(dsn, settings, names, progress)
+        with rich_progress(scenarios.count_steps(names, settings)) as progress:
+            results = scenarios.run_all(dsn, settings, names, progress)
         results["machine"]["wall_seconds"] = round(time.perf_counter() - started, 1)
-        written = bench_plots.write(results, out)
-        bench_scenarios.print_summary(results, console)
+        written = plots.write(results, out)
+        scenarios.print_summary(results, console)
         console.print(f"wrote {', '.join(str(p) for p in written)}")
         if any(isinstance(v, dict) and "error" in v for v in results.values()):
             raise typer.Exit(1)

@@ -13,13 +13,12 @@ import itertools
 import os
 import platform
 import re
-import statistics
 import subprocess
 import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -27,83 +26,9 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from .bench import Measurement, Op, Progress, Settings, compare, measure, run_on, uvloop_available
-from .targets import TargetError, load_lab_module
-
-APP = "pglab-bench"  # application_name of every benchmark connection
-QUERY = "SELECT 1"
-
-
-class Skip(Exception):
-    """The scenario (or variant) cannot run here; the message says why."""
-
-
-@dataclass
-class Context:
-    """What every scenario gets: the server, the run's settings, the progress display."""
-
-    dsn: str
-    settings: Settings
-    progress: Progress
-
-    def run(self, coro: Any) -> Any:
-        """Run a scenario's coroutine on a fresh loop of the configured kind."""
-        return run_on("uvloop" if self.settings.uvloop else "asyncio", coro)
-
-
-def solution(module: str) -> ModuleType:
-    """A lab's reference solution, or Skip saying what is missing."""
-    try:
-        return load_lab_module(module, "solutions")
-    except TargetError as exc:
-        raise Skip(f"solutions/{module}.py is not available: {exc}") from None
-
-
-async def create_pool(dsn: str, size: int, **kwargs: Any) -> asyncpg.Pool:
-    """An asyncpg pool of exactly `size` connections, all opened up front."""
-    settings = {"application_name": APP, **kwargs.pop("server_settings", {})}
-    return await asyncpg.create_pool(dsn, min_size=size, max_size=size, server_settings=settings,
-                                     **kwargs)
-
-
-async def no_reset(conn: asyncpg.Connection) -> None:
-    """A reset that sends nothing: safe only when no code leaves session state behind."""
-
-
-def pool_op(pool: Any) -> Op:
-    """`SELECT 1` on a connection borrowed with `async with pool.acquire()`."""
-
-    async def op() -> None:
-        async with pool.acquire() as conn:
-            await conn.fetchval(QUERY)
-
-    return op
-
-
-def ratio(ours: dict[str, Any], reference: dict[str, Any]) -> float | None:
-    """ours / reference: the median of the per-round ratios when both were measured in the
-    same interleaved rounds (a burst of load elsewhere then cancels out within its round),
-    else the ratio of the totals; None when the reference completed nothing."""
-    pairs = [a / b for a, b in zip(ours.get("rounds_ops_per_s", []),
-                                   reference.get("rounds_ops_per_s", []), strict=False) if b]
-    if pairs and len(ours["rounds_ops_per_s"]) == len(reference["rounds_ops_per_s"]):
-        return round(statistics.median(pairs), 3)
-    return round(ours["ops_per_s"] / reference["ops_per_s"], 3) if reference["ops_per_s"] else None
-
-
-def comparison(rows: dict[str, dict[str, Any]], ours: list[str], reference: str,
-               about: str) -> dict[str, Any]:
-    """One comparison object: the weakest of `ours` at top level, every variant with its ratio."""
-    ref = rows[reference]
-    variants = {name: ({**row, "ratio": ratio(row, ref)} if "ops_per_s" in row and name != reference
-                       else row) for name, row in rows.items()}
-    measured = [name for name in ours if "ops_per_s" in rows[name]]
-    if not measured:
-        return {"skipped": "; ".join(rows[n]["skipped"] for n in ours), "variants": variants,
-                "about": about}
-    worst = min(measured, key=lambda n: rows[n]["ops_per_s"])
-    return {**variants[worst], "variant": worst, "reference": {**ref, "variant": reference},
-            "variants": variants, "about": about}
+from .common import APP, QUERY, Context, Skip, comparison, create_pool, no_reset, pool_op, ratio, solution
+from .harness import Measurement, Op, Progress, Settings, compare, measure, run_on, uvloop_available
+from .production import pipeline, production_pools
 
 
 # -- scenarios ---------------------------------------------------------------
@@ -376,7 +301,7 @@ def row_for_batch(m: Measurement, method: str, rows: int, calls: int) -> dict[st
 
 
 def ceiling(ctx: Context) -> dict[str, Any]:
-    from .servers.embedded import EmbeddedServerError, binary
+    from ..servers.embedded import EmbeddedServerError, binary
 
     s = ctx.settings
     try:
@@ -447,7 +372,7 @@ def ceiling_rounds(s: Settings) -> int:
 
 def run_pgbench(dsn: str, tmp: Path, mode: str, clients: int, seconds: float) -> dict[str, Any]:
     """One pgbench run of `SELECT 1`; latencies from a 10 % sample of its transaction log."""
-    from .servers.embedded import binary
+    from ..servers.embedded import binary
 
     parts = urlsplit(dsn)
     script = tmp / "select1.sql"
@@ -512,6 +437,8 @@ SCENARIOS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "pool_size_sweep": pool_size_sweep,
     "batch": batch,
     "ceiling": ceiling,
+    "production_pools": production_pools,
+    "pipeline": pipeline,
 }
 KEYS = {"pooled": ("unpooled", "pooled")}
 
@@ -520,7 +447,8 @@ def count_steps(names: list[str], s: Settings) -> int:
     """Progress steps: one per measurement."""
     per = {"pooled": 2 * s.rounds, "overhead": 3 * s.rounds, "from_scratch": 3 * s.rounds,
            "reset_cost": 2 * s.rounds, "pool_size_sweep": len(s.sweep_sizes), "batch": 3,
-           "ceiling": (2 + (2 if uvloop_available() else 1) + 1) * ceiling_rounds(s)}
+           "ceiling": (2 + (2 if uvloop_available() else 1) + 1) * ceiling_rounds(s),
+           "production_pools": 4 * s.rounds, "pipeline": 3 * s.rounds}
     return sum(per[n] for n in names)
 
 
@@ -534,7 +462,7 @@ def run_all(dsn: str, settings: Settings, names: list[str], progress: Progress) 
         except Skip as exc:
             results.update({key: {"skipped": str(exc)} for key in KEYS.get(name, (name,))})
         except Exception as exc:  # reported in results.json; the exit code says it failed
-            from .servers.database import scrub_secrets
+            from ..servers.database import scrub_secrets
 
             message = scrub_secrets(f"{type(exc).__name__}: {exc}")
             results.update({key: {"error": message} for key in KEYS.get(name, (name,))})
