@@ -232,6 +232,8 @@ def register(app: typer.Typer) -> None:
             "--only", help="comma-separated scenarios (default: all)")] = "",
         seconds: Annotated[float | None, typer.Option(
             "--seconds", help="measured seconds per contender (overrides the preset)")] = None,
+        quote: Annotated[list[Path] | None, typer.Option(
+            "--quote", help="rewrite the <!-- bench:begin --> block of this guide with the run's tables")] = None,
     ) -> None:
         """Measure pooling against the live server and write results.json plus plots.
 
@@ -242,7 +244,7 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
 
         from ..servers.database import DatabaseUnavailableError, locate
-        from . import plots, scenarios
+        from . import plots, report, scenarios
 
         console = Console()
         if use_uvloop and not uvloop_available():
@@ -268,6 +270,10 @@ def register(app: typer.Typer) -> None:
             results = scenarios.run_all(dsn, settings, names, progress)
         results["machine"]["wall_seconds"] = round(time.perf_counter() - started, 1)
         written = plots.write(results, out)
+        (out / "results.md").write_text(report.markdown(results))
+        for guide in quote or []:
+            report.quote_into(guide, results)
+            written.append(guide)
         scenarios.print_summary(results, console)
         console.print(f"wrote {', '.join(str(p) for p in written)}")
         if any(isinstance(v, dict) and "error" in v for v in results.values()):
