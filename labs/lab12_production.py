@@ -4,7 +4,8 @@
 
 Many application instances each with their own pool multiply server connections;
 PgBouncer in transaction mode multiplexes them onto a few. That costs every
-session-level feature, which is what `create_pgbouncer_pool` accounts for.
+session-level feature, which is what `create_pgbouncer_pool` accounts for; since
+PgBouncer 1.21 prepared statements need not be one of them (`max_prepared_statements`).
 `PoolMetricsExporter` makes a pool's health visible to Prometheus.
 """
 
@@ -42,16 +43,19 @@ async def _keep_no_session_state(conn: asyncpg.Connection) -> None:
     """Release hook: nothing to reset (asyncpg still rolls back an open transaction)."""
 
 
-async def create_pgbouncer_pool(dsn: str, **kwargs: Any) -> asyncpg.Pool:
+async def create_pgbouncer_pool(dsn: str, *, max_prepared_statements: int = 0,
+                                 **kwargs: Any) -> asyncpg.Pool:
     """An asyncpg pool that works through PgBouncer in transaction mode.
 
-    Each transaction may run on a different server connection, so: no statement
-    cache (a prepared statement lives on one server connection), no reset query on
-    release (there is no session state to reset, and it would cost a round trip),
-    and only the startup parameters PgBouncer forwards. Raises ValueError for a
-    non-zero `statement_cache_size` or another `server_settings` key. `init` and
-    `setup` must not change session state (SET, LISTEN...): it would land on
-    whichever server connection runs that statement.
+    Each transaction may run on a different server connection. `max_prepared_statements`
+    is PgBouncer's setting: at 0 (and before 1.21) a prepared statement lives on one server
+    connection, so asyncpg's statement cache is off; above 0 PgBouncer re-prepares it where
+    needed, and the cache (default 100) may hold at most that many statements, PgBouncer's
+    per-server-connection limit. No reset query on release (no session state to reset, and
+    a round trip saved); only the startup parameters PgBouncer forwards. Raises ValueError
+    for a cache the setting cannot carry or another `server_settings` key. `init` and `setup`
+    (which runs on every acquire) must not change session state (SET, LISTEN...): it would
+    land on whichever server connection runs that statement.
     """
     raise NotImplementedError("TODO: implement create_pgbouncer_pool()")
 
@@ -83,17 +87,24 @@ class PoolMetricsExporter:
     ) -> AsyncIterator[asyncpg.Connection]:
         """`async with exporter.instrumented_acquire() as conn:` like `pool.acquire()`, measured.
 
-        Counts a timeout or a connection error (while acquiring or while using the
-        connection) and re-raises it.
+        Counts an acquire timeout, or a connection error while acquiring or using the
+        connection (see `count_failure`), and re-raises it.
         """
         raise NotImplementedError("TODO: borrow `conn` from self.pool; feed the waiting gauge, histogram, counters")
         try:
             yield conn
-        except CONNECTION_ERRORS:
-            self.connection_errors.inc()
+        except BaseException as exc:
+            self.count_failure(exc, acquiring=False)
             raise
         finally:
             await self.pool.release(conn)
+
+    def count_failure(self, exc: BaseException, *, acquiring: bool) -> None:
+        """Count an acquire that timed out (only while `acquiring`) or a connection error.
+
+        A query that timed out is neither, nor is an error in the SQL.
+        """
+        raise NotImplementedError("TODO: implement count_failure()")
 
     def serve(self, port: int = 0) -> int:
         """Serve the scrape page on 127.0.0.1 (port 0: any free one); return the port."""

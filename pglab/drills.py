@@ -169,7 +169,9 @@ class PrivateServer:
     """A throwaway embedded server (own folder, port and password) for drills that stop it.
 
     `with PrivateServer(home) as server:` or `async with ...`: started on entry,
-    stopped on exit; without `home`, a temporary folder removed on exit.
+    stopped on exit; without `home`, a temporary folder removed on exit. As root the
+    server runs as the `pglab` user, which must reach `home` at every restart: not under
+    pytest's `tmp_path`, whose base folder every new pytest session resets to mode 0700.
     """
 
     def __init__(self, home: Path | None = None) -> None:

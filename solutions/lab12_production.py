@@ -2,7 +2,8 @@
 
 Many application instances each with their own pool multiply server connections;
 PgBouncer in transaction mode multiplexes them onto a few. That costs every
-session-level feature, which is what `create_pgbouncer_pool` accounts for.
+session-level feature, which is what `create_pgbouncer_pool` accounts for; since
+PgBouncer 1.21 prepared statements need not be one of them (`max_prepared_statements`).
 `PoolMetricsExporter` makes a pool's health visible to Prometheus.
 """
 
@@ -40,20 +41,31 @@ async def _keep_no_session_state(conn: asyncpg.Connection) -> None:
     """Release hook: nothing to reset (asyncpg still rolls back an open transaction)."""
 
 
-async def create_pgbouncer_pool(dsn: str, **kwargs: Any) -> asyncpg.Pool:
+async def create_pgbouncer_pool(dsn: str, *, max_prepared_statements: int = 0,
+                                 **kwargs: Any) -> asyncpg.Pool:
     """An asyncpg pool that works through PgBouncer in transaction mode.
 
-    Each transaction may run on a different server connection, so: no statement
-    cache (a prepared statement lives on one server connection), no reset query on
-    release (there is no session state to reset, and it would cost a round trip),
-    and only the startup parameters PgBouncer forwards. Raises ValueError for a
-    non-zero `statement_cache_size` or another `server_settings` key. `init` and
-    `setup` must not change session state (SET, LISTEN...): it would land on
-    whichever server connection runs that statement.
+    Each transaction may run on a different server connection. `max_prepared_statements`
+    is PgBouncer's setting: at 0 (and before 1.21) a prepared statement lives on one server
+    connection, so asyncpg's statement cache is off; above 0 PgBouncer re-prepares it where
+    needed, and the cache (default 100) may hold at most that many statements, PgBouncer's
+    per-server-connection limit. No reset query on release (no session state to reset, and
+    a round trip saved); only the startup parameters PgBouncer forwards. Raises ValueError
+    for a cache the setting cannot carry or another `server_settings` key. `init` and `setup`
+    (which runs on every acquire) must not change session state (SET, LISTEN...): it would
+    land on whichever server connection runs that statement.
     """
     # BEGIN SOLUTION
-    if kwargs.pop("statement_cache_size", 0) != 0:
-        raise ValueError("statement_cache_size must be 0 through PgBouncer in transaction mode")
+    cache = kwargs.pop("statement_cache_size", min(100, max_prepared_statements))
+    if cache and not max_prepared_statements:
+        raise ValueError(
+            f"statement_cache_size={cache} needs a PgBouncer that tracks prepared statements: pass its "
+            "max_prepared_statements (PgBouncer >= 1.21), or statement_cache_size=0"
+        )
+    if cache > max_prepared_statements:
+        # Correct but wasteful: PgBouncer would evict and re-prepare statements asyncpg thinks cached.
+        raise ValueError(f"statement_cache_size={cache} exceeds PgBouncer's "
+                         f"max_prepared_statements={max_prepared_statements} per server connection")
     settings = {key.lower() for key in kwargs.get("server_settings") or {}}
     unsupported = settings - PGBOUNCER_STARTUP_PARAMETERS
     if unsupported:
@@ -62,7 +74,7 @@ async def create_pgbouncer_pool(dsn: str, **kwargs: Any) -> asyncpg.Pool:
             "(ALTER ROLE ... SET) or per transaction (SET LOCAL) instead"
         )
     kwargs.setdefault("reset", _keep_no_session_state)
-    return await asyncpg.create_pool(dsn, statement_cache_size=0, **kwargs)
+    return await asyncpg.create_pool(dsn, statement_cache_size=cache, **kwargs)
     # END SOLUTION
 
 
@@ -112,19 +124,16 @@ class PoolMetricsExporter:
     ) -> AsyncIterator[asyncpg.Connection]:
         """`async with exporter.instrumented_acquire() as conn:` like `pool.acquire()`, measured.
 
-        Counts a timeout or a connection error (while acquiring or while using the
-        connection) and re-raises it.
+        Counts an acquire timeout, or a connection error while acquiring or using the
+        connection (see `count_failure`), and re-raises it.
         """
         # BEGIN SOLUTION: borrow `conn` from self.pool; feed the waiting gauge, histogram, counters
         self.waiting.inc()
         started = time.perf_counter()
         try:
             conn = await self.pool.acquire(timeout=timeout)
-        except asyncio.TimeoutError:  # before CONNECTION_ERRORS: since 3.11 it is an OSError
-            self.timeouts.inc()
-            raise
-        except CONNECTION_ERRORS:
-            self.connection_errors.inc()
+        except BaseException as exc:
+            self.count_failure(exc, acquiring=True)
             raise
         finally:
             self.waiting.dec()
@@ -133,11 +142,26 @@ class PoolMetricsExporter:
         # END SOLUTION
         try:
             yield conn
-        except CONNECTION_ERRORS:
-            self.connection_errors.inc()
+        except BaseException as exc:
+            self.count_failure(exc, acquiring=False)
             raise
         finally:
             await self.pool.release(conn)
+
+    def count_failure(self, exc: BaseException, *, acquiring: bool) -> None:
+        """Count an acquire that timed out (only while `acquiring`) or a connection error.
+
+        A query that timed out is neither, nor is an error in the SQL.
+        """
+        # BEGIN SOLUTION
+        # The timeout first: the built-in TimeoutError is an OSError (since Python 3.3), and
+        # asyncio.TimeoutError is that very class since 3.11, so CONNECTION_ERRORS would match it.
+        if isinstance(exc, asyncio.TimeoutError):
+            if acquiring:
+                self.timeouts.inc()
+        elif isinstance(exc, CONNECTION_ERRORS):
+            self.connection_errors.inc()
+        # END SOLUTION
 
     def serve(self, port: int = 0) -> int:
         """Serve the scrape page on 127.0.0.1 (port 0: any free one); return the port."""

@@ -5,14 +5,24 @@ Uses the system's `pgbouncer` binary (Debian/Ubuntu package `pgbouncer`, Homebre
 SCRAM authentication for the course role and an admin console (`SHOW POOLS`).
 Its config, log and pid file live under `.pglab/pgbouncer/`. PgBouncer refuses to
 run as root, so as root it runs as the server's system user, as PostgreSQL does.
+
+Prepared statements: PgBouncer 1.21 added protocol-level prepared statements in
+transaction mode (`max_prepared_statements`), 1.24 turned them on by default (200).
+Every config written here pins the setting: 0 for the default instance, so asyncpg's
+statement cache fails the way lab 12 teaches whatever the version, and N for a second
+instance (`ensure_pgbouncer(max_prepared_statements=N)`, PgBouncer >= 1.21 only).
+PgBouncer 1.18 (Debian 12) refuses any setting it does not know, so the key is written
+only where the installed version has it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -40,6 +50,7 @@ if TYPE_CHECKING:
 
 HOST = "127.0.0.1"
 POOL_SIZE = 10  # server connections per (database, user): small, so the bound shows
+PREPARED_STATEMENTS_SINCE = (1, 21)  # the first release with max_prepared_statements
 MAX_CLIENTS = 1000
 INSTALL_HINT = (
     "PgBouncer is not installed: `sudo apt-get install pgbouncer` (Debian/Ubuntu), "
@@ -70,42 +81,84 @@ def pgbouncer_binary() -> str | None:
     return found or next((c for c in _CANDIDATES if os.access(c, os.X_OK)), None)
 
 
-def unavailable_reason() -> str | None:
-    """Why PgBouncer cannot be had on this machine, or None when it can."""
+def unavailable_reason(max_prepared_statements: int = 0) -> str | None:
+    """Why this PgBouncer cannot be had here (None when it can): no binary, or, for
+    `max_prepared_statements` > 0, a version without protocol-level prepared statements."""
+    if max_prepared_statements:
+        if os.environ.get("PGLAB_PGBOUNCER_PREPARED_URL"):
+            return None
+        if os.environ.get("PGLAB_PGBOUNCER_URL") or not pgbouncer_binary():
+            return ("no PgBouncer with prepared statements: set PGLAB_PGBOUNCER_PREPARED_URL to one "
+                    "with max_prepared_statements > 0, or install PgBouncer >= 1.21")
+        if not supports_prepared_statements():
+            found = ".".join(map(str, pgbouncer_version() or ())) or "of unknown version"
+            return (f"the installed PgBouncer {found} has no protocol-level prepared statements: they came "
+                    "in 1.21 (Debian 12 ships 1.18); use `docker compose` (1.24) or a newer package")
+        return None
     if os.environ.get("PGLAB_PGBOUNCER_URL") or pgbouncer_binary():
         return None
     return INSTALL_HINT
 
 
-def home() -> Path:
+@functools.lru_cache(maxsize=4)
+def _version_of(binary: str) -> tuple[int, ...] | None:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
+        if found := re.search(r"PgBouncer (\d+)\.(\d+)(?:\.(\d+))?", out, re.IGNORECASE):
+            return tuple(int(part or 0) for part in found.groups())
+    return None
+
+
+def pgbouncer_version() -> tuple[int, ...] | None:
+    """The installed PgBouncer's version from `pgbouncer --version`, e.g. (1, 18, 0); None without one."""
+    binary = pgbouncer_binary()
+    return _version_of(binary) if binary else None
+
+
+def supports_prepared_statements() -> bool:
+    """Whether the installed PgBouncer has `max_prepared_statements` (>= 1.21)."""
+    version = pgbouncer_version()
+    return version is not None and version[:2] >= PREPARED_STATEMENTS_SINCE
+
+
+def home(max_prepared_statements: int = 0) -> Path:
+    """The folder of one instance: `.pglab/pgbouncer/`, or `.pglab/pgbouncer-prepared/`."""
     from ..paths import state_dir
 
-    return state_dir() / "pgbouncer"
+    return state_dir() / ("pgbouncer-prepared" if max_prepared_statements else "pgbouncer")
 
 
-def ensure_pgbouncer(upstream: str | None = None) -> str:
+def ensure_pgbouncer(upstream: str | None = None, *, max_prepared_statements: int = 0) -> str:
     """Start PgBouncer unless it runs already; return the course DSN through it.
 
-    `PGLAB_PGBOUNCER_URL` (e.g. the docker compose service) is returned as is.
-    Raises PgBouncerUnavailableError when there is no binary.
+    `max_prepared_statements` > 0 starts a second instance that tracks prepared
+    statements (PgBouncer >= 1.21), so asyncpg's statement cache works through it.
+    `PGLAB_PGBOUNCER_URL` (`PGLAB_PGBOUNCER_PREPARED_URL` for the second) is returned
+    as is. Raises PgBouncerUnavailableError, saying why, when it cannot be had.
     """
-    if url := os.environ.get("PGLAB_PGBOUNCER_URL"):
+    if max_prepared_statements < 0:
+        raise ValueError(f"max_prepared_statements must be >= 0, got {max_prepared_statements}")
+    variable = "PGLAB_PGBOUNCER_PREPARED_URL" if max_prepared_statements else "PGLAB_PGBOUNCER_URL"
+    if url := os.environ.get(variable):
         return url
+    if reason := unavailable_reason(max_prepared_statements):
+        raise PgBouncerUnavailableError(reason)
     binary = pgbouncer_binary()
-    if binary is None:
-        raise PgBouncerUnavailableError(INSTALL_HINT)
+    assert binary is not None  # unavailable_reason() said there is one
     if upstream is None:
         from .database import database_url
 
         upstream = database_url()
-    with _lock():
-        status = bouncer_status()
+    folder = home(max_prepared_statements)
+    with _lock(folder):
+        status = _status(folder)
+        config = _config(folder, upstream, status.port or 0, max_prepared_statements)
         if status.running and status.port:
-            if _running_config() == _config(upstream, status.port):
+            if _running_config(folder) == config:
                 return _client_dsn(upstream, status.port)
-            _stop()  # the course server moved (new port) or the settings changed: follow
-        port = _start(binary, upstream)
-        _state_file().write_text(json.dumps({"port": port}))
+            _stop(folder)  # the course server moved (new port) or the settings changed: follow
+        port = _start(folder, binary, upstream, max_prepared_statements)
+        _state_file(folder).write_text(json.dumps({"port": port}))
         return _client_dsn(upstream, port)
 
 
@@ -142,19 +195,25 @@ def admin(command: str, dsn: str | None = None) -> list[dict[str, str]]:
 
 
 def stop_pgbouncer() -> bool:
-    """Stop our PgBouncer; False when it was not running."""
-    with _lock():
-        if not bouncer_status().running:
-            return False
-        _stop()
-        return True
+    """Stop our PgBouncer instances; False when none was running."""
+    stopped = False
+    for folder in (home(), home(max_prepared_statements=1)):
+        with _lock(folder):
+            if _status(folder).running:
+                _stop(folder)
+                stopped = True
+    return stopped
 
 
-def bouncer_status() -> BouncerStatus:
+def bouncer_status(max_prepared_statements: int = 0) -> BouncerStatus:
     """Whether the PgBouncer of this checkout runs, from its pid file and its port."""
-    port = _state().get("port")
+    return _status(home(max_prepared_statements))
+
+
+def _status(folder: Path) -> BouncerStatus:
+    port = _state(folder).get("port")
     try:
-        pid: int | None = int((home() / "pgbouncer.pid").read_text().strip())
+        pid: int | None = int((folder / "pgbouncer.pid").read_text().strip())
     except (OSError, ValueError):
         pid = None
     running = pid is not None and pid_alive(pid) and port is not None and _accepting(port)
@@ -168,28 +227,28 @@ def _client_dsn(upstream: str, port: int) -> str:
                      database=parts.path.lstrip("/") or "postgres")
 
 
-def _running_config() -> str:
+def _running_config(folder: Path) -> str:
     try:
-        return (home() / "pgbouncer.ini").read_text()
+        return (folder / "pgbouncer.ini").read_text()
     except OSError:
         return ""
 
 
-def _state_file() -> Path:
-    return home() / "state.json"
+def _state_file(folder: Path) -> Path:
+    return folder / "state.json"
 
 
-def _state() -> dict:
+def _state(folder: Path) -> dict:
     try:
-        return json.loads(_state_file().read_text())
+        return json.loads(_state_file(folder).read_text())
     except (OSError, ValueError):
         return {}
 
 
 @contextlib.contextmanager
-def _lock() -> Iterator[None]:
-    home().mkdir(parents=True, exist_ok=True)
-    with open(home().parent / "pgbouncer.lock", "w") as handle:
+def _lock(folder: Path) -> Iterator[None]:
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f"{folder.name}.lock", "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -217,12 +276,15 @@ def _auth_secret(upstream: str) -> str:
     return secret if result.returncode == 0 and secret.startswith("SCRAM-SHA-256$") else password
 
 
-def _config(upstream: str, port: int) -> str:
+def _config(folder: Path, upstream: str, port: int, max_prepared_statements: int) -> str:
     """pgbouncer.ini for this upstream server and listening port."""
     parts = urlsplit(upstream)
     database = parts.path.lstrip("/") or "postgres"
     server = f"host={parts.hostname} port={parts.port or 5432}"
-    folder = home()
+    # Pinned, never left to the version's default (0 before 1.24, 200 since); 1.18 would
+    # refuse to start on the unknown key, and has no prepared statements to turn off.
+    prepared = (f"max_prepared_statements = {max_prepared_statements}\n"
+                if supports_prepared_statements() else "")
     return f"""\
 ;; Written by `pglab db pgbouncer up`; regenerated on every start.
 [databases]
@@ -241,17 +303,16 @@ default_pool_size = {POOL_SIZE}
 max_client_conn = {MAX_CLIENTS}
 logfile = {folder / "pgbouncer.log"}
 pidfile = {folder / "pgbouncer.pid"}
-"""
+{prepared}"""
 
 
-def _write_config(upstream: str, port: int) -> Path:
-    folder = home()
+def _write_config(folder: Path, upstream: str, port: int, max_prepared_statements: int) -> Path:
     secret = _auth_secret(upstream).replace('"', '""')
     userlist = folder / "userlist.txt"
     userlist.write_text(f'"{unquote(urlsplit(upstream).username or "")}" "{secret}"\n')
     userlist.chmod(0o600)
     ini = folder / "pgbouncer.ini"
-    ini.write_text(_config(upstream, port))
+    ini.write_text(_config(folder, upstream, port, max_prepared_statements))
     if os.geteuid() == 0:
         _give_to_server_user(folder, [ini, userlist])
     return ini
@@ -265,25 +326,24 @@ def _give_to_server_user(folder: Path, files: list[Path]) -> None:
         os.chown(path, user.pw_uid, user.pw_gid)
 
 
-def _start(binary: str, upstream: str) -> int:
-
-    saved = _state().get("port")
+def _start(folder: Path, binary: str, upstream: str, max_prepared_statements: int) -> int:
+    saved = _state(folder).get("port")
     port = saved if saved and port_is_free(saved) else free_port()
-    (home() / "pgbouncer.pid").unlink(missing_ok=True)  # stale after a crash or reboot
-    ini = _write_config(upstream, port)
+    (folder / "pgbouncer.pid").unlink(missing_ok=True)  # stale after a crash or reboot
+    ini = _write_config(folder, upstream, port, max_prepared_statements)
     result = run_as_server_user([binary, "-d", str(ini)], timeout=30)
     deadline = time.monotonic() + 10
     while not _accepting(port):
         if result.returncode != 0 or time.monotonic() > deadline:
             raise PgBouncerUnavailableError(
-                f"pgbouncer did not start on {HOST}:{port}:\n{result.stderr.strip()}\n{_log_tail()}"
+                f"pgbouncer did not start on {HOST}:{port}:\n{result.stderr.strip()}\n{_log_tail(folder)}"
             )
         time.sleep(0.05)
     return port
 
 
-def _stop() -> None:
-    pid = bouncer_status().pid
+def _stop(folder: Path) -> None:
+    pid = _status(folder).pid
     if pid is None:
         return
     os.kill(pid, signal.SIGTERM)  # immediate shutdown; SIGINT would wait for clients
@@ -298,9 +358,9 @@ def _accepting(port: int) -> bool:
     return False
 
 
-def _log_tail(lines: int = 10) -> str:
+def _log_tail(folder: Path, lines: int = 10) -> str:
     try:
-        text = (home() / "pgbouncer.log").read_text(errors="replace")
+        text = (folder / "pgbouncer.log").read_text(errors="replace")
     except OSError:
         return ""
     return "\n".join(text.splitlines()[-lines:])

@@ -1,7 +1,8 @@
 """Checks for lab 11: failure drills against the real server.
 
 The restart drill stops a server, so it runs on a private embedded server of its
-own (module fixture), never on the shared one.
+own (module fixture), never on the shared one. Ordered from the most basic piece
+(mapping an error) to the hardest (a storm of cancellations).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from pglab.testing import eventually, within
 
 MODULE = "lab11_failure_drills"
 SECRET = "s3cr3t-Passw0rd"
-
 
 
 @pytest.fixture
@@ -40,12 +40,16 @@ async def make_pool(dsn, app_name):
 
 
 @pytest.fixture(scope="module")
-def private_server(tmp_path_factory):
-    """A server of this module's own, so the restart drill never touches the shared one."""
+def private_server():
+    """A server of this module's own, so the restart drill never touches the shared one.
+
+    In a temporary folder of its own, not pytest's tmp_path: every pytest session resets
+    its base folder to mode 0700, which would lock the server's user out mid-drill.
+    """
     if reason := drills.private_server_unavailable():
         print(f"restart drill skipped: {reason}")
         pytest.skip(reason)
-    with drills.PrivateServer(tmp_path_factory.mktemp("drill-server")) as server:
+    with drills.PrivateServer() as server:
         yield server
 
 
@@ -90,6 +94,11 @@ async def real_errors(dsn: str, table: str) -> dict[str, BaseException]:
     return found
 
 
+async def hold_all(bounded, n: int) -> list[asyncpg.Connection]:
+    return [await within(bounded.acquire(), 10, "BoundedPool.acquire() on a free pool") for _ in range(n)]
+
+
+# -- map_db_error and the timeout policy ----------------------------------------
 async def test_map_db_error_gives_the_status_and_never_leaks_details(lab, dsn, table_name):
     errors = await real_errors(dsn, table_name)
     expected = {
@@ -102,9 +111,11 @@ async def test_map_db_error_gives_the_status_and_never_leaks_details(lab, dsn, t
         "exhausted pool (acquire timed out)": (asyncio.TimeoutError(), 503),
         "too many waiters": (lab.TooManyWaitersError("queue full"), 503),
         "resilient_fetch gave up": (lab.DeadlineExceededError("gave up"), 503),
+        "query past the deadline": (lab.QueryTimeoutError("too slow"), 504),
         "terminated backend": (asyncpg.AdminShutdownError("terminating connection due to administrator command"), 503),
         "server starting up": (asyncpg.CannotConnectNowError("the database system is starting up"), 503),
-        "connection lost": (asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation"), 503),
+        "connection lost": (
+            asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation"), 503),
         "session killed mid-protocol": (
             asyncpg.InternalClientError("cannot switch to state 12; another operation (2) is in progress"), 503),
         "a bug in the service": (RuntimeError(f"failed: postgresql://app:{SECRET}@db/app SELECT secret"), 500),
@@ -123,10 +134,28 @@ async def test_map_db_error_gives_the_status_and_never_leaks_details(lab, dsn, t
             )
 
 
+async def test_one_timeout_policy_retries_a_busy_pool_but_never_a_slow_query(lab):
+    policy = {  # failure: (retried by resilient_fetch, status)
+        "acquire timed out (asyncio.TimeoutError)": (asyncio.TimeoutError(), True, 503),
+        "query past the deadline (QueryTimeoutError)": (lab.QueryTimeoutError("slow"), False, 504),
+        "statement_timeout (QueryCanceledError)": (
+            asyncpg.QueryCanceledError("canceling statement due to statement timeout"), False, 504),
+        "a unique violation": (asyncpg.UniqueViolationError("duplicate key"), False, 409),
+        "a syntax error": (asyncpg.PostgresSyntaxError("syntax error"), False, 500),
+    }
+    for name, (exc, retried, status) in policy.items():
+        assert lab.is_transient(exc) is retried, (
+            f"is_transient({name}) should be {retried}: a busy pool may free up a moment later, "
+            "but a slow query is slow again and a broken one fails the same way every time"
+        )
+        assert lab.map_db_error(exc)[0] == status, f"{name} should map to {status}, got {lab.map_db_error(exc)[0]}"
+
+
+# -- BoundedPool ----------------------------------------------------------------
 async def test_saturated_pool_answers_503_within_the_timeout_not_a_hang(lab, make_pool):
     pool = await make_pool(max_size=2)
     bounded = lab.BoundedPool(pool, max_waiting=3, timeout=0.5)
-    held = [await within(bounded.acquire(), 10, "BoundedPool.acquire() on a free pool") for _ in range(2)]
+    held = await hold_all(bounded, 2)
     try:
         waiters = [asyncio.ensure_future(bounded.acquire()) for _ in range(3)]
 
@@ -154,6 +183,97 @@ async def test_saturated_pool_answers_503_within_the_timeout_not_a_hang(lab, mak
         assert await conn.fetchval("SELECT 1") == 1, "the pool should serve again once the holders are done"
 
 
+async def test_max_waiting_holds_when_borrowers_arrive_together_and_zero_means_no_limit(lab, make_pool):
+    pool = await make_pool(max_size=1)
+    bounded = lab.BoundedPool(pool, max_waiting=2, timeout=10)
+    held = await hold_all(bounded, 1)
+    arrivals = [asyncio.ensure_future(bounded.acquire()) for _ in range(10)]  # all in the same loop turn
+    await asyncio.sleep(0.2)
+    refused = [t for t in arrivals if t.done() and isinstance(t.exception(), lab.TooManyWaitersError)]
+    assert len(refused) == 8 and bounded.waiting == 2, (
+        f"10 borrowers arriving together at an exhausted pool with max_waiting=2: expected 2 waiting and 8 "
+        f"refused at once, got {bounded.waiting} waiting and {len(refused)} refused. Check and count with no "
+        "await in between, and refuse when `waiting >= max_waiting` (not `>`)"
+    )
+    assert "2" in str(refused[0].exception()), "TooManyWaitersError should name the max_waiting limit"
+    await bounded.release(held[0])
+    for task in arrivals:
+        if task not in refused:
+            await bounded.release(await within(task, 10, "a waiter, once the connection is free"))
+    assert bounded.borrowers == 0
+
+    unlimited = lab.BoundedPool(pool, max_waiting=0, timeout=10)
+    held = await hold_all(unlimited, 1)
+    waiters = [asyncio.ensure_future(unlimited.acquire()) for _ in range(5)]
+    await asyncio.sleep(0.2)
+    early = [t.exception() for t in waiters if t.done()]
+    assert not early and unlimited.waiting == 5, (
+        f"max_waiting=0 means no limit (psycopg_pool's meaning): 5 borrowers should wait, got "
+        f"{unlimited.waiting} waiting and {early!r}"
+    )
+    await unlimited.release(held[0])
+    for task in waiters:
+        await unlimited.release(await within(task, 10, "a waiter of the unlimited queue"))
+    assert unlimited.borrowers == 0 and drills.in_use(pool) == 0
+
+
+async def test_a_double_or_foreign_release_does_not_widen_the_limit(lab, make_pool):
+    pool = await make_pool(max_size=1)
+    other = await make_pool(max_size=1)
+    bounded = lab.BoundedPool(pool, max_waiting=1, timeout=10)
+    conn = await within(bounded.acquire(), 10, "BoundedPool.acquire()")
+    await within(bounded.release(conn), 10, "release()")
+    await within(bounded.release(conn), 10, "a second release() of the same connection")
+    assert bounded.borrowers == 0, (
+        f"a second release() of the same connection moved borrowers to {bounded.borrowers}: count a "
+        "connection back only once, and only one this BoundedPool lent"
+    )
+    direct = await within(pool.acquire(), 10, "pool.acquire()")  # borrowed around the BoundedPool
+    await within(bounded.release(direct), 10, "release() of a connection borrowed from the pool itself")
+    foreign = await within(other.acquire(), 10, "another pool's acquire()")
+    with pytest.raises(asyncpg.InterfaceError):  # asyncpg refuses another pool's connection
+        await within(bounded.release(foreign), 10, "release() of another pool's connection")
+    await other.release(foreign)
+    assert bounded.borrowers == 0, f"releasing connections it never lent moved borrowers to {bounded.borrowers}"
+
+    held = await hold_all(bounded, 1)
+    waiter = asyncio.ensure_future(bounded.acquire())
+    await asyncio.sleep(0.05)
+    with pytest.raises(lab.TooManyWaitersError):
+        await within(bounded.acquire(), 1, "the borrower beyond max_waiting=1")
+    await bounded.release(held[0])
+    await bounded.release(await within(waiter, 10, "the waiter"))
+
+
+async def test_a_release_cancelled_midway_still_counts_the_borrower_out(lab, make_pool):
+    resetting = asyncio.Event()
+
+    async def slow_reset(conn) -> None:  # the release takes a while: room to cancel it
+        resetting.set()
+        await asyncio.sleep(0.3)
+
+    pool = await make_pool(max_size=1, reset=slow_reset)
+    bounded = lab.BoundedPool(pool, max_waiting=1, timeout=10)
+
+    async def borrower() -> None:
+        async with bounded.connection() as conn:
+            await conn.fetchval("SELECT 1")
+
+    task = asyncio.ensure_future(borrower())
+    await within(resetting.wait(), 10, "the borrower's release() (the pool's reset hook never ran)")
+    task.cancel()
+    await within(asyncio.wait([task]), 10, "the cancelled borrower")
+
+    async def back() -> bool:
+        return drills.in_use(pool) == 0
+
+    await eventually(back, 10, "a release cancelled midway should still give the connection back")
+    assert bounded.borrowers == 0, (
+        f"a release cancelled midway left borrowers at {bounded.borrowers}: count the borrower out in "
+        "`finally:`, whatever happens to the await"
+    )
+
+
 async def test_bounded_pool_also_wraps_the_lab01_database_pool(lab, load_solution, dsn, app_name):
     db = load_solution("lab01_database_pool").DatabasePool()
     await within(db.initialize(dsn, min_size=1, max_size=2, application_name=app_name), 15, "initialize()")
@@ -172,21 +292,7 @@ async def test_bounded_pool_also_wraps_the_lab01_database_pool(lab, load_solutio
         db.pool.terminate()
 
 
-async def test_terminating_every_backend_during_load_fails_no_request(lab, make_pool, dsn, app_name):
-    pool = await make_pool(max_size=4, min_size=4)
-
-    async def request(i: int) -> None:
-        rows = await lab.resilient_fetch(pool, "SELECT $1::int AS i, pg_sleep(0.002)", i, deadline=15)
-        assert rows[0]["i"] == i, "resilient_fetch returned the wrong rows"
-
-    result = await within(drills.load(request, requests=300, concurrency=12,
-                                      fault=lambda: terminate_backends(dsn, app_name)), 60, "the load")
-    expect_no_errors(result.errors, "no request should fail when backends are terminated "
-                     "(resilient_fetch should retry connection errors)")
-    assert result.fault_result >= 1, "the drill should have terminated the pool's backends"
-    assert result.ok_after_fault > 0, "requests after the terminations should succeed"
-
-
+# -- resilient_fetch ------------------------------------------------------------
 async def test_resilient_fetch_waits_out_an_outage_and_fails_fast_on_real_errors(lab, dsn, make_pool):
     refusals = 0
 
@@ -201,9 +307,77 @@ async def test_resilient_fetch_waits_out_an_outage_and_fails_fast_on_real_errors
     rows = await within(lab.resilient_fetch(pool, "SELECT 42 AS answer", deadline=15), 20, "resilient_fetch()")
     assert rows[0]["answer"] == 42 and refusals == 3, "resilient_fetch should retry refused connections"
 
-    with pytest.raises(asyncpg.DivisionByZeroError):  # retrying a broken query cannot fix it
-        await within(lab.resilient_fetch(pool, "SELECT 1/0", deadline=30), 5,
-                     "resilient_fetch() on a query error (should raise at once, not retry until the deadline)")
+    for _ in range(3):
+        with pytest.raises(asyncpg.DivisionByZeroError):  # retrying a broken query cannot fix it
+            await within(lab.resilient_fetch(pool, "SELECT 1/0", deadline=30), 5,
+                         "resilient_fetch() on a query error (should raise at once, not retry until the deadline)")
+    assert drills.in_use(pool) == 0, (
+        f"after 3 failed queries {drills.in_use(pool)} connections are still borrowed: give the connection "
+        "back in `finally:`, also when the query fails"
+    )
+
+
+async def test_resilient_fetch_gives_up_with_a_clear_error_after_the_deadline(lab, make_pool):
+    dead = await make_pool(max_size=1, server_dsn=f"postgresql://app:{SECRET}@127.0.0.1:{free_port()}/app")
+    loop = asyncio.get_running_loop()
+    begin = loop.time()
+    with pytest.raises(lab.DeadlineExceededError) as caught:
+        await within(lab.resilient_fetch(dead, "SELECT 1", deadline=1.0), 10,
+                     "resilient_fetch() against a server that stays down (deadline 1 s)")
+    assert loop.time() - begin >= 0.9, "resilient_fetch gave up before its deadline: it should keep retrying"
+    assert SECRET not in str(caught.value), "the error should not carry the connection string"
+    assert isinstance(caught.value.__cause__, OSError), (
+        f"DeadlineExceededError should be chained to the last failure (`raise ... from last`), "
+        f"its __cause__ is {caught.value.__cause__!r}"
+    )
+    assert lab.map_db_error(caught.value)[0] == 503
+
+
+async def test_the_deadline_bounds_the_acquire_and_the_query_too(lab, make_pool):
+    pool = await make_pool(max_size=1)
+    held = await within(pool.acquire(), 10, "pool.acquire()")
+    try:
+        with pytest.raises(lab.DeadlineExceededError) as caught:
+            await within(lab.resilient_fetch(pool, "SELECT 1", deadline=0.5), 5,
+                         "resilient_fetch(deadline=0.5) while the only connection is held (bound the acquire)")
+        assert isinstance(caught.value.__cause__, asyncio.TimeoutError), (
+            f"the last failure should be the acquire's timeout, got {caught.value.__cause__!r}"
+        )
+    finally:
+        await pool.release(held)
+
+    with pytest.raises(lab.QueryTimeoutError) as slow:
+        await within(lab.resilient_fetch(pool, "SELECT pg_sleep(10)", deadline=0.5), 5,
+                     "resilient_fetch('SELECT pg_sleep(10)', deadline=0.5) (pass the time left to fetch's timeout)")
+    assert lab.map_db_error(slow.value)[0] == 504, "a query still running at the deadline is a 504"
+
+    async def back() -> bool:
+        return drills.in_use(pool) == 0
+
+    await eventually(back, 10, "the connection of the timed-out query should go back to the pool")
+    assert await within(pool.fetchval("SELECT 1"), 10, "a query after the timeout") == 1
+
+
+async def test_backoff_neither_hammers_a_down_server_nor_sleeps_the_whole_deadline(lab, make_pool):
+    attempts = 0
+
+    async def refused(*args, **kwargs):
+        nonlocal attempts
+        attempts += 1
+        raise ConnectionRefusedError("connection refused")
+
+    pool = await make_pool(max_size=1, connect=refused)
+    with pytest.raises(lab.DeadlineExceededError):
+        await within(lab.resilient_fetch(pool, "SELECT 1", deadline=1.0, base_delay=0.05), 10,
+                     "resilient_fetch() against a server that refuses every connection")
+    assert attempts >= 3, (
+        f"only {attempts} connection attempts in a 1 s deadline: start with a short delay (base_delay) "
+        "and let it grow, rather than sleeping most of the deadline at once"
+    )
+    assert attempts <= 12, (
+        f"{attempts} connection attempts in a 1 s deadline: sleep a growing (doubling), jittered delay "
+        "between attempts; a tight or constant loop hammers a server that is starting up"
+    )
 
 
 async def test_a_failure_after_the_query_succeeded_is_not_retried(lab, dsn, make_pool, table_name):
@@ -234,18 +408,23 @@ async def test_a_failure_after_the_query_succeeded_is_not_retried(lab, dsn, make
     assert len(rows) == 1, f"resilient_fetch should return the INSERT's rows, got {rows!r}"
 
 
-async def test_resilient_fetch_gives_up_with_a_clear_error_after_the_deadline(lab, make_pool):
-    dead = await make_pool(max_size=1, server_dsn=f"postgresql://app:{SECRET}@127.0.0.1:{free_port()}/app")
-    loop = asyncio.get_running_loop()
-    begin = loop.time()
-    with pytest.raises(lab.DeadlineExceededError) as caught:
-        await within(lab.resilient_fetch(dead, "SELECT 1", deadline=1.0), 10,
-                     "resilient_fetch() against a server that stays down (deadline 1 s)")
-    assert loop.time() - begin >= 0.9, "resilient_fetch gave up before its deadline: it should keep retrying"
-    assert SECRET not in str(caught.value), "the error should not carry the connection string"
-    assert lab.map_db_error(caught.value)[0] == 503
+@pytest.mark.deadline(60)
+async def test_terminating_every_backend_during_load_fails_no_request(lab, make_pool, dsn, app_name):
+    pool = await make_pool(max_size=4, min_size=4)
+
+    async def request(i: int) -> None:
+        rows = await lab.resilient_fetch(pool, "SELECT $1::int AS i, pg_sleep(0.002)", i, deadline=15)
+        assert rows[0]["i"] == i, "resilient_fetch returned the wrong rows"
+
+    result = await within(drills.load(request, requests=300, concurrency=12,
+                                      fault=lambda: terminate_backends(dsn, app_name)), 60, "the load")
+    expect_no_errors(result.errors, "no request should fail when backends are terminated "
+                     "(resilient_fetch should retry connection errors)")
+    assert result.fault_result >= 1, "the drill should have terminated the pool's backends"
+    assert result.ok_after_fault > 0, "requests after the terminations should succeed"
 
 
+@pytest.mark.deadline(120)
 async def test_server_restart_pool_recovers_and_no_committed_row_is_lost(lab, request, make_pool, app_name):
     lab.is_transient(ConnectionRefusedError())  # a skeleton fails here, before a server is started for nothing
     private_server = request.getfixturevalue("private_server")
@@ -270,6 +449,8 @@ async def test_server_restart_pool_recovers_and_no_committed_row_is_lost(lab, re
     await pool.execute(f"DROP TABLE {table}")
 
 
+# -- cancellation ---------------------------------------------------------------
+@pytest.mark.deadline(90)
 async def test_cancelled_borrowers_never_leak_or_share_a_connection(lab, make_pool):
     pool = await make_pool(max_size=5, min_size=5)  # warm: cancellations land mid-query too, not only while connecting
     bounded = lab.BoundedPool(pool, max_waiting=2000, timeout=30)

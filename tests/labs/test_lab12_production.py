@@ -1,7 +1,9 @@
 """Checks for lab 12: asyncpg through PgBouncer, and PoolMetricsExporter.
 
 The PgBouncer checks need a `pgbouncer` binary (or PGLAB_PGBOUNCER_URL); without
-one they are skipped with the reason, never silently.
+one they are skipped with the reason, never silently. The check with PgBouncer's
+prepared statements on needs PgBouncer >= 1.21 (or PGLAB_PGBOUNCER_PREPARED_URL);
+Debian 12 ships 1.18, so there it is skipped, saying so.
 """
 
 from __future__ import annotations
@@ -15,13 +17,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from pglab.servers import pgbouncer
 from pglab.backends import terminate_backends
-from pglab.servers.embedded import free_port
+from pglab.servers import pgbouncer
+from pglab.servers.embedded import free_port, port_is_free
 from pglab.testing import eventually, within
 
 MODULE = "lab12_production"
-
 
 
 @pytest.fixture(scope="session")
@@ -44,9 +45,68 @@ async def pools():
         pool.terminate()
 
 
+async def prepared_statements(pool: asyncpg.Pool) -> list[str]:
+    """Names of the statements prepared on one of the pool's connections, after two queries."""
+    async with pool.acquire() as conn:
+        await conn.fetchval("SELECT $1::int + 1", 1)
+        return [row["name"] for row in await conn.fetch("SELECT name FROM pg_prepared_statements")]
+
+
+# -- create_pgbouncer_pool: its arguments, then PgBouncer itself -----------------
+async def test_create_pgbouncer_pool_refuses_what_pgbouncer_cannot_carry_before_connecting(lab, pools):
+    nowhere = f"postgresql://pglab:x@127.0.0.1:{free_port()}/pglab"  # a ValueError must come before any connect
+    refused = {
+        "a statement cache without PgBouncer's prepared statements": (
+            {"statement_cache_size": 100}, "statement_cache_size"),
+        "a statement cache larger than PgBouncer's max_prepared_statements": (
+            {"statement_cache_size": 100, "max_prepared_statements": 50}, "max_prepared_statements"),
+        "a startup parameter PgBouncer does not forward": (
+            {"server_settings": {"search_path": "public"}}, "search_path"),
+    }
+    for name, (kwargs, named) in refused.items():
+        try:
+            pools.append(await within(lab.create_pgbouncer_pool(nowhere, min_size=0, **kwargs), 10,
+                                      "create_pgbouncer_pool()"))
+        except ValueError as exc:
+            assert named in str(exc), f"{name}: the ValueError should name {named!r}, it says {exc}"
+        except OSError as exc:
+            pytest.fail(f"{name} ({kwargs}) should raise ValueError before connecting, it tried to connect: {exc!r}",
+                        pytrace=False)
+        else:
+            pytest.fail(f"{name} ({kwargs}) should raise ValueError", pytrace=False)
+
+
+async def test_create_pgbouncer_pool_keeps_the_cache_only_where_pgbouncer_tracks_statements(lab, dsn, pools):
+    # Straight to PostgreSQL, so the pool's own settings show on the server, whatever PgBouncer is installed.
+    off = await within(lab.create_pgbouncer_pool(dsn, min_size=1, max_size=1, server_settings={"TimeZone": "UTC"}),
+                       15, "create_pgbouncer_pool(server_settings={'TimeZone': 'UTC'})")
+    pools.append(off)
+    assert await prepared_statements(off) == [], (
+        "with max_prepared_statements=0 (the default) asyncpg's statement cache must be off "
+        "(statement_cache_size=0): a statement prepared on one server connection is missing on the next"
+    )
+    async with off.acquire() as conn:
+        await conn.execute("SET work_mem = '7MB'")
+    async with off.acquire() as conn:
+        kept = await conn.fetchval("SELECT current_setting('work_mem')")
+    assert kept == "7MB", (
+        "the release ran asyncpg's reset query (RESET ALL...): through PgBouncer there is no session to "
+        "reset, so pass a no-op `reset=` callback and save the round trip"
+    )
+    on = await within(lab.create_pgbouncer_pool(dsn, min_size=1, max_size=1, max_prepared_statements=50),
+                      15, "create_pgbouncer_pool(max_prepared_statements=50)")
+    pools.append(on)
+    names = await prepared_statements(on)
+    assert any(name.startswith("__asyncpg_stmt_") for name in names), (
+        f"with max_prepared_statements=50 PgBouncer (>= 1.21) carries prepared statements, so keep asyncpg's "
+        f"statement cache (at most 50 statements); none was prepared: {names}"
+    )
+
+
 # -- PgBouncer ------------------------------------------------------------------
 @pytest.mark.pgbouncer
-async def test_2500_queries_from_50_tasks_over_a_pool_of_20_through_pgbouncer(lab, bouncer_dsn, pools, app_name):
+@pytest.mark.deadline(120)  # the shared PgBouncer has 10 server connections for every test run at once
+async def test_1000_queries_from_20_tasks_over_a_pool_of_20_through_pgbouncer(lab, bouncer_dsn, pools, app_name):
     pool = await within(lab.create_pgbouncer_pool(bouncer_dsn, min_size=20, max_size=20,
                                                   server_settings={"application_name": app_name}),
                         20, "create_pgbouncer_pool()")
@@ -54,7 +114,7 @@ async def test_2500_queries_from_50_tasks_over_a_pool_of_20_through_pgbouncer(la
     failures: list[BaseException] = []
 
     async def worker(task: int) -> None:
-        for i in range(50):
+        for i in range(25):
             try:
                 async with pool.acquire() as conn:
                     # Different parameter types: asyncpg would prepare (and cache) each shape.
@@ -64,9 +124,9 @@ async def test_2500_queries_from_50_tasks_over_a_pool_of_20_through_pgbouncer(la
             except Exception as exc:  # collect them: the message shows the first one
                 failures.append(exc)
 
-    await within(asyncio.gather(*(worker(t) for t in range(50))), 90, "2,500 queries through PgBouncer")
+    await within(asyncio.gather(*(worker(t) for t in range(20))), 90, "1,000 queries through PgBouncer")
     assert not failures, (
-        f"{len(failures)} of 2,500 operations failed through PgBouncer; first: "
+        f"{len(failures)} of 500 operations failed through PgBouncer; first: "
         f"{type(failures[0]).__name__}: {str(failures[0]).splitlines()[0]}. "
         "In transaction mode a prepared statement lives on one server connection: "
         "pass statement_cache_size=0 to create_pool"
@@ -77,21 +137,25 @@ async def test_2500_queries_from_50_tasks_over_a_pool_of_20_through_pgbouncer(la
 
 
 @pytest.mark.pgbouncer
-async def test_settings_pgbouncer_cannot_keep_are_refused_with_a_clear_error(lab, bouncer_dsn, pools):
-    with pytest.raises(ValueError, match="search_path"):
-        pools.append(await within(lab.create_pgbouncer_pool(
-            bouncer_dsn, min_size=0, server_settings={"search_path": "public"}), 10, "create_pgbouncer_pool()"))
-    with pytest.raises(ValueError, match="statement_cache_size"):
-        pools.append(await within(lab.create_pgbouncer_pool(
-            bouncer_dsn, min_size=0, statement_cache_size=100), 10, "create_pgbouncer_pool()"))
-    pool = await within(lab.create_pgbouncer_pool(bouncer_dsn, min_size=1, max_size=2,
-                                                  server_settings={"TimeZone": "UTC"}),
-                        10, "create_pgbouncer_pool(server_settings={'TimeZone': 'UTC'})")
+@pytest.mark.deadline(120)
+async def test_the_statement_cache_works_through_pgbouncer_with_prepared_statements(lab, dsn, pools):
+    if reason := pgbouncer.unavailable_reason(max_prepared_statements=100):
+        pytest.skip(f"prepared statements through PgBouncer not checked: {reason}")
+    bouncer = pgbouncer.ensure_pgbouncer(dsn, max_prepared_statements=100)
+    pool = await within(lab.create_pgbouncer_pool(bouncer, min_size=10, max_size=10, max_prepared_statements=100),
+                        20, "create_pgbouncer_pool(max_prepared_statements=100)")
     pools.append(pool)
-    assert await within(pool.fetchval("SELECT 41 + 1"), 10, "a query") == 42
+
+    async def worker(task: int) -> None:
+        for i in range(20):
+            async with pool.acquire() as conn:
+                assert await conn.fetchval("SELECT $1::int * 2 + $2::int", task, i % 2) == task * 2 + i % 2
+
+    await within(asyncio.gather(*(worker(t) for t in range(30))), 60, "600 queries with the statement cache on")
 
 
 @pytest.mark.pgbouncer
+@pytest.mark.deadline(60)
 async def test_show_pools_bounds_server_connections_while_client_pools_are_larger(lab, bouncer_dsn, pools):
     database = urlsplit(bouncer_dsn).path.lstrip("/")  # "pglab", or the grader's own database
     config = {row["key"]: row["value"] for row in pgbouncer.show("CONFIG", bouncer_dsn)}
@@ -226,9 +290,41 @@ async def test_timeouts_and_connection_errors_are_counted_and_re_raised(make_exp
     assert dead_errors == 1, f"a refused connection during acquire is a connection error, counted {dead_errors}"
 
 
+async def test_a_query_timeout_is_neither_an_acquire_timeout_nor_a_connection_error(make_exporter, pool2):
+    exporter = make_exporter(pool2)
+    exporter.serve(0)
+    with pytest.raises(asyncio.TimeoutError):
+        async with exporter.instrumented_acquire(timeout=5) as conn:
+            await conn.fetchval("SELECT pg_sleep(5)", timeout=0.1)
+    metrics = await within(scrape(exporter), 10, "GET /metrics")
+    got = (metrics.get("db_pool_acquire_timeouts_total"), metrics.get("db_pool_connection_errors_total"),
+           metrics.get("db_pool_acquires_total"))
+    assert got == (0, 0, 1), (
+        "a query that timed out inside `instrumented_acquire()` got its connection fine: expected "
+        f"(acquire timeouts, connection errors, acquires) == (0, 0, 1), got {got}. TimeoutError is an OSError "
+        "(asyncio.TimeoutError is the built-in one since Python 3.11): test for it before the connection "
+        "errors, and count a timeout as an acquire timeout only while acquiring"
+    )
+
+
 async def _terminate_soon(dsn: str, app_name: str) -> None:
     await asyncio.sleep(0.3)  # let the query start
     await terminate_backends(dsn, app_name)
+
+
+async def test_the_scrape_page_listens_on_loopback_only(make_exporter, pool2):
+    exporter = make_exporter(pool2)
+    port = exporter.serve(0)
+    await within(scrape(exporter), 10, "GET /metrics on 127.0.0.1")
+    # On Linux all of 127.0.0.0/8 reaches this machine: a server bound to 0.0.0.0 answers on
+    # 127.0.0.2 too, one bound to 127.0.0.1 does not (elsewhere the connection fails either way).
+    try:
+        async with httpx.AsyncClient(timeout=2) as client:
+            response = await client.get(f"http://127.0.0.2:{port}/metrics")
+    except httpx.HTTPError:
+        return
+    pytest.fail(f"the scrape page answered on 127.0.0.2 ({response.status_code}): it listens on every address; "
+                "pass addr='127.0.0.1' to start_http_server (its default is 0.0.0.0)", pytrace=False)
 
 
 async def test_stop_closes_the_scrape_page_and_is_idempotent(make_exporter, pool2):
@@ -238,6 +334,10 @@ async def test_stop_closes_the_scrape_page_and_is_idempotent(make_exporter, pool
     await within(scrape(exporter), 10, "GET /metrics")
     await asyncio.to_thread(exporter.stop)
     await asyncio.to_thread(exporter.stop)
+    assert port_is_free(port), (
+        f"after stop() port {port} is still bound: shutdown() only ends the serving loop, "
+        "server_close() closes the listening socket"
+    )
     with pytest.raises(httpx.HTTPError):
         async with httpx.AsyncClient(timeout=2) as client:
             await client.get(f"http://127.0.0.1:{port}/metrics")

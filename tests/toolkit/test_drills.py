@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -100,11 +103,16 @@ async def test_in_use_reads_an_asyncpg_pool_and_a_stats_object(dsn, app_name):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server():
+    """A private server in a home of its own (not pytest's tmp_path: see PrivateServer)."""
     if reason := drills.private_server_unavailable():
         pytest.skip(reason)
-    with drills.PrivateServer(tmp_path_factory.mktemp("private")) as server:
-        yield server
+    home = Path(tempfile.mkdtemp(prefix="pglab-drill-test-"))
+    try:
+        with drills.PrivateServer(home) as server:
+            yield server
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 async def test_private_server_is_separate_and_restart_keeps_committed_data(server, dsn, app_name):
