@@ -35,7 +35,7 @@ class DatabasePool:
         """Create the pool. Every connection gets time zone UTC, `search_path`
         public, `application_name` and a 30 s `statement_timeout`.
 
-        Raises RuntimeError when called a second time.
+        Raises RuntimeError when called a second time, even concurrently.
         """
         raise NotImplementedError("TODO: implement initialize()")
 

@@ -58,8 +58,8 @@ class PooledDatabase:
         """All rows of `query`, with `args` bound to its `$n` placeholders."""
         raise NotImplementedError("TODO: implement execute_query()")
 
-    async def execute_single(self, query: str, *args: Any) -> asyncpg.Record | None:
-        """The first row of `query`, or None when it returns no rows."""
+    async def execute_single(self, query: str, *args: Any) -> Any:
+        """One value: the first column of the first row (`SELECT count(*) ...`), None when there is no row."""
         raise NotImplementedError("TODO: implement execute_single()")
 
     async def execute_transaction(

@@ -33,14 +33,14 @@ class DatabasePool:
         """Create the pool. Every connection gets time zone UTC, `search_path`
         public, `application_name` and a 30 s `statement_timeout`.
 
-        Raises RuntimeError when called a second time.
+        Raises RuntimeError when called a second time, even concurrently.
         """
         # BEGIN SOLUTION
         if self.pool is not None:
             raise RuntimeError("DatabasePool is already initialized; close() it before initializing again")
         # server_settings travel in the connection's startup packet, so they cost
         # nothing extra; an `init=` callback running SET would add a round trip.
-        self.pool = await asyncpg.create_pool(
+        pool = asyncpg.create_pool(
             dsn,
             min_size=min_size,
             max_size=max_size,
@@ -49,6 +49,14 @@ class DatabasePool:
             command_timeout=command_timeout,
             server_settings={**SESSION_SETTINGS, "application_name": application_name},
         )
+        # Claim the slot before the first await: a concurrent initialize() now sees
+        # a pool and raises, instead of creating a second one that nobody closes.
+        self.pool = pool
+        try:
+            await pool  # opens the min_size connections
+        except BaseException:
+            self.pool = None  # a failed start (bad password, cancellation) leaves nothing behind
+            raise
         # END SOLUTION
 
     def acquire(self, *, timeout: float | None = None) -> PoolAcquireContext:
@@ -75,9 +83,14 @@ class DatabasePool:
     async def close(self) -> None:
         """Close the pool, waiting for borrowed connections; safe to call twice."""
         # BEGIN SOLUTION
-        if self.pool is not None:
-            pool, self.pool = self.pool, None
-            await pool.close()
+        if self.pool is None:
+            return
+        try:
+            # pool.close() waits until every borrowed connection is released, so
+            # self.pool stays set meanwhile: a borrower must still reach release().
+            await self.pool.close()
+        finally:
+            self.pool = None
         # END SOLUTION
 
     def get_pool_stats(self) -> dict[str, int]:

@@ -66,11 +66,11 @@ class PooledDatabase:
             return await conn.fetch(query, *args)
         # END SOLUTION
 
-    async def execute_single(self, query: str, *args: Any) -> asyncpg.Record | None:
-        """The first row of `query`, or None when it returns no rows."""
+    async def execute_single(self, query: str, *args: Any) -> Any:
+        """One value: the first column of the first row (`SELECT count(*) ...`), None when there is no row."""
         # BEGIN SOLUTION
         async with self.connection() as conn:
-            return await conn.fetchrow(query, *args)
+            return await conn.fetchval(query, *args)
         # END SOLUTION
 
     async def execute_transaction(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import asyncpg
 import pytest
@@ -58,11 +58,18 @@ def test_environment_variables_and_dotenv_override_the_defaults(lab, monkeypatch
     ({"ssl_mode": "sometimes"}, "ssl_mode"),
 ])
 def test_an_invalid_value_raises_a_validation_error_naming_the_field(lab, bad, field):
-    equal = lab.DatabaseSettings(_env_file=None, pool_min_size=5, pool_max_size=5)
-    assert equal.pool_max_size == 5, "pool_max_size == pool_min_size is a valid (fixed-size) pool"
-    with pytest.raises(ValidationError) as excinfo:
+    try:
+        lab.DatabaseSettings(_env_file=None, pool_min_size=5, pool_max_size=5)
+    except ValidationError as exc:
+        pytest.fail(f"pool_max_size == pool_min_size is a valid (fixed-size) pool, yet it was rejected: {exc}",
+                    pytrace=False)
+    try:
         lab.DatabaseSettings(_env_file=None, **bad)
-    assert field in str(excinfo.value), f"the error for {bad} should name {field!r}, got: {excinfo.value}"
+    except ValidationError as exc:
+        assert field in str(exc), f"the error for {bad} should name {field!r}, got: {exc}"
+    else:
+        pytest.fail(f"DatabaseSettings({bad}) should raise a ValidationError naming {field!r}, it was accepted",
+                    pytrace=False)
 
 
 async def test_a_hard_password_round_trips_through_get_dsn_into_a_connection(lab, dsn):
@@ -74,7 +81,12 @@ async def test_a_hard_password_round_trips_through_get_dsn_into_a_connection(lab
         url = settings.get_dsn()
         assert url.startswith(("postgresql://", "postgres://")), "get_dsn() should return a URI, not libpq keywords"
         assert "sslmode=disable" in urlsplit(url).query, "ssl_mode should travel as the sslmode query parameter"
-        conn = await within(asyncpg.connect(url), 10, "asyncpg.connect(get_dsn())")
+        try:
+            conn = await within(asyncpg.connect(url), 10, "asyncpg.connect(get_dsn())")
+        except ValueError as exc:
+            pytest.fail(f"asyncpg could not parse get_dsn() ({exc}): an '@', ':', '/' or '#' in the user or "
+                        "password breaks the URI; percent-encode both with urllib.parse.quote(value, safe='')",
+                        pytrace=False)
         try:
             assert await conn.fetchval("SELECT current_user") == role
         finally:
@@ -87,16 +99,48 @@ async def test_a_hard_password_round_trips_through_get_dsn_into_a_connection(lab
         await admin.close()
 
 
+def test_get_dsn_adds_ssl_files_only_when_set_and_keeps_the_uri_parts(lab, tmp_path):
+    plain = lab.DatabaseSettings(_env_file=None, host="db.example.com", ssl_mode="require")
+    query = parse_qs(urlsplit(plain.get_dsn()).query)
+    assert query.get("sslmode") == ["require"], f"sslmode should be in the query string, got {query}"
+    unset = {"sslrootcert", "sslcert", "sslkey"} & set(query)
+    assert not unset, f"SSL file options that are not set must stay out of the DSN, found {sorted(unset)}"
+    files = {"ssl_ca": tmp_path / "root.crt", "ssl_cert": tmp_path / "client.crt", "ssl_key": tmp_path / "client.key"}
+    query = parse_qs(urlsplit(lab.DatabaseSettings(_env_file=None, **files).get_dsn()).query)
+    expected = {"sslrootcert": [str(files["ssl_ca"])], "sslcert": [str(files["ssl_cert"])],
+                "sslkey": [str(files["ssl_key"])]}
+    got = {key: query.get(key) for key in expected}
+    assert got == expected, f"ssl_ca, ssl_cert and ssl_key should travel as {expected}, got {got}"
+    ipv6 = urlsplit(lab.DatabaseSettings(_env_file=None, host="::1", port=6432).get_dsn())
+    try:
+        where = (ipv6.hostname, ipv6.port)
+    except ValueError as exc:
+        where = f"unparsable ({exc})"
+    assert where == ("::1", 6432), f"an IPv6 host goes in brackets, [::1]:6432, got {where}"
+    odd = "sales/2024 #eu?"
+    path = urlsplit(lab.DatabaseSettings(_env_file=None, database=odd).get_dsn()).path
+    assert unquote(path.removeprefix("/")) == odd and "/" not in path.removeprefix("/"), (
+        f"a database name with '/', '#' or '?' must be percent-encoded, got the path {path!r}"
+    )
+
+
 async def test_get_pool_kwargs_open_a_working_pool(lab, dsn, app_name):
     parts = urlsplit(dsn)
     settings = lab.DatabaseSettings(
         _env_file=None, user=unquote(parts.username), password=unquote(parts.password), **server(dsn),
-        pool_min_size=1, pool_max_size=2, pool_max_queries=1000, command_timeout=5, connect_timeout=7,
+        pool_min_size=1, pool_max_size=2, pool_max_queries=1000, pool_max_inactive_lifetime=123.0,
+        command_timeout=5, connect_timeout=7,
     )
     kwargs = settings.get_pool_kwargs()
-    expected = {"min_size": 1, "max_size": 2, "max_queries": 1000, "command_timeout": 5}
-    wrong = {key: kwargs.get(key) for key, value in expected.items() if kwargs.get(key) != value}
-    assert not wrong, f"get_pool_kwargs() should map the pool_* settings to create_pool's names: {wrong}"
+    expected = {"dsn": settings.get_dsn(), "min_size": 1, "max_size": 2, "max_queries": 1000,
+                "max_inactive_connection_lifetime": 123.0, "command_timeout": 5, "timeout": 7}
+    wrong = {key: "missing" if key not in kwargs else "not get_dsn()" if key == "dsn"
+             else f"{kwargs[key]!r}, expected {value!r}" for key, value in expected.items() if kwargs.get(key) != value}
+    assert not wrong, (
+        f"get_pool_kwargs() should map every setting to create_pool's keyword; wrong: {wrong} "
+        "(connect_timeout is create_pool's `timeout`, pool_max_inactive_lifetime its "
+        "`max_inactive_connection_lifetime`)"
+    )
     pool = await within(asyncpg.create_pool(**kwargs, server_settings={"application_name": app_name}), 15,
                         "asyncpg.create_pool(**get_pool_kwargs())")
     try:
@@ -137,6 +181,18 @@ def test_presets_for_each_environment(lab, monkeypatch):
     assert presets["production"].ssl_mode in ("require", "verify-ca", "verify-full"), (
         "production should require TLS"
     )
-    assert lab.DatabaseSettings.for_environment("production", _env_file=None, pool_max_size=99).pool_max_size == 99
-    with pytest.raises(ValueError, match="staging"):
+    overridden = lab.DatabaseSettings.for_environment("production", _env_file=None, pool_max_size=99)
+    assert overridden.pool_max_size == 99, (
+        f"an override should beat the preset: pool_max_size=99 gave {overridden.pool_max_size}"
+    )
+    try:
         lab.DatabaseSettings.for_environment("staging", _env_file=None)
+    except ValueError as exc:
+        assert "staging" in str(exc), f"the error should name the unknown environment 'staging': {exc}"
+    except NotImplementedError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the learner reads what was raised instead
+        pytest.fail(f"an unknown environment raised {type(exc).__name__}: {exc}; raise a ValueError naming it",
+                    pytrace=False)
+    else:
+        pytest.fail("for_environment('staging') should raise ValueError: there is no such preset", pytrace=False)
