@@ -12,7 +12,6 @@ ends it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from datetime import datetime, timezone
 from typing import Any, Protocol

@@ -1,30 +1,30 @@
 # Your lab file: replace each `raise NotImplementedError("TODO: ...")` with your code,
 # then run `pglab check 05`. (Generated from solutions/lab05_advanced_pool_manager.py by `pglab build-labs`.)
-"""Lab 05: `AdvancedPoolManager`: pool hooks, retries and a graceful shutdown.
+"""Lab 05: `AdvancedPoolManager`: session settings, an init hook, retries and a graceful shutdown.
 
-asyncpg calls two hooks: `init` once per new physical connection (count it,
-apply the session settings) and `reset` on every release (wipe what the borrower
-changed, re-apply our settings). A log listener belongs to one borrow (asyncpg
-warns about one left on a released connection), so `acquire()` attaches it.
+Static session settings go in `server_settings`: they are the session's defaults,
+so the reset on release (RESET ALL) returns to them. `init` runs once per new
+physical connection, for what is no server setting: a jsonb codec (client-side
+state) and counting connections. The health check is lab 04's monitor, passed in
+as a factory (labs depend on shapes, not on each other's files). A log listener
+belongs to one borrow, so `acquire()` attaches it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 import asyncpg
 
-# Applied by the init hook, and again after every reset (RESET ALL would undo them).
+# Sent in the startup packet: the session defaults, which RESET ALL restores.
 SESSION_SETTINGS = {"work_mem": "16MB", "idle_in_transaction_session_timeout": "60s"}
-_SET_SESSION = "\n".join(f"SET {name} = '{value}';" for name, value in SESSION_SETTINGS.items())
 
-# Failures a fresh connection can fix. A SQL error (unique violation, syntax
-# error) would fail again identically, so it is never retried.
+# Failures a fresh connection can fix; a SQL error would fail again identically.
 RETRYABLE = (asyncpg.PostgresConnectionError, asyncpg.AdminShutdownError,
              asyncpg.CannotConnectNowError, OSError)
 
@@ -35,34 +35,45 @@ class PoolSettings(Protocol):
     def get_pool_kwargs(self) -> dict[str, Any]: ...
 
 
+class HealthMonitor(Protocol):
+    """What the manager needs from lab 04's `ConnectionHealthMonitor`."""
+    async def check_health(self) -> dict[str, Any]: ...
+    async def start_monitoring(self) -> None: ...
+    async def stop_monitoring(self) -> None: ...
+    def get_health_status(self) -> dict[str, Any]: ...
+
+
+MonitorFactory = Callable[..., HealthMonitor]  # factory(manager, check_interval=.., timeout=..): lab 04's class
+
+
 def is_retryable(exc: BaseException) -> bool:
     """True for connection-level failures (see RETRYABLE); False for SQL errors and timeouts."""
     raise NotImplementedError("TODO: implement is_retryable()")
 
 
 class AdvancedPoolManager:
-    """An asyncpg pool with session hooks, metrics, a health monitor and retries."""
+    """An asyncpg pool with session settings, an init hook, metrics, a health monitor and retries."""
 
-    def __init__(self, *, application_name: str = "pglab-advanced",
+    def __init__(self, monitor_factory: MonitorFactory, *, application_name: str = "pglab-advanced",
                  health_check_interval: float = 30.0, health_check_timeout: float = 5.0) -> None:
         self.pool: asyncpg.Pool | None = None
+        self.monitor: HealthMonitor | None = None
+        self.monitor_factory = monitor_factory
         self.application_name = application_name
         self.health_check_interval, self.health_check_timeout = health_check_interval, health_check_timeout
         self.connection_counter = 0  # physical connections opened (init hook calls)
         self.error_counter = 0  # server WARNING/ERROR messages plus failed attempts
         self.borrow_counter = 0  # connections handed out by acquire()
-        self.health_stats: dict[str, Any] = {"status": "unknown", "last_check": None, "response_time": None,
-                                             "consecutive_failures": 0, "error": None}
         self._dsn = ""
         self._server_pids: set[int] = set()
-        self._monitor: asyncio.Task[None] | None = None
+        self._shut_down = False
 
     async def initialize_pool(self, settings: PoolSettings) -> None:
-        """Create the pool with both hooks and start the health monitor; RuntimeError if called twice."""
+        """Create the pool (SESSION_SETTINGS, init hook) and start the monitor; RuntimeError if called twice."""
         raise NotImplementedError("TODO: implement initialize_pool()")
 
     async def _init_connection(self, conn: asyncpg.Connection) -> None:
-        """Once per new physical connection: count it, remember its server pid, apply SESSION_SETTINGS."""
+        """Once per new physical connection: count it, remember its server pid, decode jsonb to Python."""
         raise NotImplementedError("TODO: implement _init_connection()")
 
     @contextlib.asynccontextmanager
@@ -76,27 +87,25 @@ class AdvancedPoolManager:
                 with contextlib.suppress(asyncpg.InterfaceError):
                     conn.remove_log_listener(self._on_server_log)
 
-    async def _reset_connection(self, conn: asyncpg.Connection) -> None:
-        """On every release: asyncpg's reset query (RESET ALL, ...) then SESSION_SETTINGS, in one round trip."""
-        raise NotImplementedError("TODO: implement _reset_connection()")
-
     def _on_server_log(self, conn: asyncpg.Connection, message: asyncpg.PostgresLogMessage) -> None:
         """Log listener: count WARNING and ERROR messages in `error_counter`."""
         raise NotImplementedError("TODO: implement _on_server_log()")
 
+    def get_pool_stats(self) -> dict[str, int]:
+        """`min_size, max_size, size, idle, in_use` (all 0 without a pool); the monitor reads it too."""
+        raise NotImplementedError("TODO: implement get_pool_stats()")
+
     async def check_health(self) -> dict[str, Any]:
-        """One `SELECT 1` bounded by `health_check_timeout`; updates and returns `health_stats`."""
-        raise NotImplementedError("TODO: implement check_health()")
+        """Run one check of the monitor now and return its status."""
+        self._require_pool()
+        assert self.monitor is not None  # set together with the pool
+        return await self.monitor.check_health()
 
     def _require_pool(self) -> asyncpg.Pool:
-        if self.pool is None:
-            raise RuntimeError("pool not initialized (or already shut down): await initialize_pool(settings)")
+        if self.pool is None:  # say which: "not initialized" after a shutdown sends the reader the wrong way
+            raise RuntimeError("the manager has been shut down by graceful_shutdown(); create a new one"
+                               if self._shut_down else "pool not initialized: await initialize_pool(settings) first")
         return self.pool
-
-    async def _monitor_health(self) -> None:
-        while True:
-            await self.check_health()
-            await asyncio.sleep(self.health_check_interval)
 
     async def execute_with_retry(self, query: str, *args: Any, max_retries: int = 3,
                                  base_delay: float = 0.1) -> list[asyncpg.Record]:
@@ -105,7 +114,7 @@ class AdvancedPoolManager:
         failed attempt counts in `error_counter`."""
         raise NotImplementedError("TODO: implement execute_with_retry()")
 
-    def get_pool_metrics(self) -> dict[str, Any]:
+    async def get_pool_metrics(self) -> dict[str, Any]:
         """`pool_stats, health_stats, connection_counter, error_counter, error_rate` (errors per borrow)."""
         raise NotImplementedError("TODO: implement get_pool_metrics()")
 

@@ -4,8 +4,10 @@
 
 Everything here runs on the event loop that also serves the application, so no
 call may block it: `psutil.cpu_percent(interval=1)` sleeps a whole second inside
-the coroutine and freezes every request for that second. `interval=None`
-returns at once the CPU use since the previous call.
+the coroutine and freezes every request for that second. `interval=None` returns
+at once the system CPU use since the previous `cpu_percent()` call *in the same
+thread*, by whoever made it: psutil keeps one last sample per thread, so another
+caller on the loop's thread shortens our window.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ RECOMMENDATIONS = {
 class PoolMetricsSource(Protocol):
     """What the monitor needs from lab 05's `AdvancedPoolManager`."""
 
-    def get_pool_metrics(self) -> dict[str, Any]: ...
+    async def get_pool_metrics(self) -> dict[str, Any]: ...
 
 
 class PoolPerformanceMonitor:

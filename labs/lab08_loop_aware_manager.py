@@ -5,7 +5,7 @@
 An asyncpg pool belongs to the event loop that created it: its connections, futures
 and locks are bound to that loop. Code that runs several loops (a thread per loop,
 `asyncio.run` called twice, test runners) needs one pool per loop, and must never
-hand a dead loop's pool to a new one.
+hand a dead loop's pool, a closed pool or a half-created one to anyone.
 """
 
 from __future__ import annotations
@@ -62,20 +62,17 @@ class _Entry(Generic[P]):
 @dataclass
 class _LoopPools(Generic[P]):
     """The pools of one event loop, and the locks that serialise their creation."""
-
     pools: dict[Hashable, _Entry[P]] = field(default_factory=dict)
     locks: dict[Hashable, asyncio.Lock] = field(default_factory=dict)
 
 
 class ConnectionPoolManager(Generic[P]):
-    """One pool per (config, running event loop), for asyncpg or any other client."""
+    """One pool per (config, running event loop), for asyncpg or any other client: the course's registry of pools."""
 
     def __init__(self) -> None:
         # Keyed by the loop object, held weakly: a new loop is never equal to a dead one,
         # even when it reuses the dead loop's id(), and a collected loop leaves the map.
-        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopPools[P]] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopPools[P]] = weakref.WeakKeyDictionary()
         self._registry_lock = threading.Lock()  # loops in other threads share the map
 
     async def get_pool(
@@ -85,8 +82,8 @@ class ConnectionPoolManager(Generic[P]):
         validate_pool_func: Callable[[P], Awaitable[bool]] | None = None,
         close_pool_func: Callable[[P], Any] | None = None,
     ) -> P:
-        """The pool for `config` in the running loop, created on first use; a pool that
-        fails `validate_pool_func` is closed and replaced."""
+        """The pool for `config` in the running loop, created on first use. A pool that was
+        closed, or fails `validate_pool_func`, is replaced; a failed creation registers nothing."""
         raise NotImplementedError("TODO: implement get_pool()")
 
     async def remove_pool(self, config: PostgresPoolConfig | Hashable) -> bool:
@@ -113,13 +110,19 @@ class ConnectionPoolManager(Generic[P]):
 
 
 def _key(config: PostgresPoolConfig | Hashable) -> Hashable:
-    to_hash_key = getattr(config, "to_hash_key", None)
-    return to_hash_key() if to_hash_key is not None else config
+    return config.to_hash_key() if isinstance(config, PostgresPoolConfig) else config
 
 
 def _describe(config: Any) -> str:
     """repr() of the config (PostgresPoolConfig hides its password), URL passwords masked."""
     return re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", repr(config))
+
+
+def _is_closed(pool: Any) -> bool:
+    """asyncpg's `is_closing()`, httpx's `is_closed`, psycopg_pool's `closed`; False for others."""
+    if callable(is_closing := getattr(pool, "is_closing", None)):
+        return bool(is_closing())
+    return bool(getattr(pool, "is_closed", False) or getattr(pool, "closed", False))
 
 
 async def _is_valid(pool: Any, validate: Callable[[Any], Awaitable[bool]]) -> bool:

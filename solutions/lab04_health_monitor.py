@@ -10,7 +10,6 @@ ends it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from datetime import datetime, timezone
 from typing import Any, Protocol
@@ -93,10 +92,11 @@ class ConnectionHealthMonitor:
         if task is None:
             return
         task.cancel()
-        # Awaiting the cancelled task lets it run its cleanup; without the await
-        # the task is still pending when the caller goes on (or closes the pool).
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        # Wait until it has finished its cleanup (else it is still pending when the
+        # caller goes on and closes the pool). asyncio.wait() returns without raising
+        # the task's CancelledError, yet a cancel of *our caller* still reaches us;
+        # `with suppress(CancelledError): await task` would swallow both.
+        await asyncio.wait([task])
         # END SOLUTION
 
     def get_health_status(self) -> dict[str, Any]:

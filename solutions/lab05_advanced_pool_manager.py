@@ -1,28 +1,28 @@
-"""Lab 05: `AdvancedPoolManager`: pool hooks, retries and a graceful shutdown.
+"""Lab 05: `AdvancedPoolManager`: session settings, an init hook, retries and a graceful shutdown.
 
-asyncpg calls two hooks: `init` once per new physical connection (count it,
-apply the session settings) and `reset` on every release (wipe what the borrower
-changed, re-apply our settings). A log listener belongs to one borrow (asyncpg
-warns about one left on a released connection), so `acquire()` attaches it.
+Static session settings go in `server_settings`: they are the session's defaults,
+so the reset on release (RESET ALL) returns to them. `init` runs once per new
+physical connection, for what is no server setting: a jsonb codec (client-side
+state) and counting connections. The health check is lab 04's monitor, passed in
+as a factory (labs depend on shapes, not on each other's files). A log listener
+belongs to one borrow, so `acquire()` attaches it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 import asyncpg
 
-# Applied by the init hook, and again after every reset (RESET ALL would undo them).
+# Sent in the startup packet: the session defaults, which RESET ALL restores.
 SESSION_SETTINGS = {"work_mem": "16MB", "idle_in_transaction_session_timeout": "60s"}
-_SET_SESSION = "\n".join(f"SET {name} = '{value}';" for name, value in SESSION_SETTINGS.items())
 
-# Failures a fresh connection can fix. A SQL error (unique violation, syntax
-# error) would fail again identically, so it is never retried.
+# Failures a fresh connection can fix; a SQL error would fail again identically.
 RETRYABLE = (asyncpg.PostgresConnectionError, asyncpg.AdminShutdownError,
              asyncpg.CannotConnectNowError, OSError)
 
@@ -33,52 +33,67 @@ class PoolSettings(Protocol):
     def get_pool_kwargs(self) -> dict[str, Any]: ...
 
 
+class HealthMonitor(Protocol):
+    """What the manager needs from lab 04's `ConnectionHealthMonitor`."""
+    async def check_health(self) -> dict[str, Any]: ...
+    async def start_monitoring(self) -> None: ...
+    async def stop_monitoring(self) -> None: ...
+    def get_health_status(self) -> dict[str, Any]: ...
+
+
+MonitorFactory = Callable[..., HealthMonitor]  # factory(manager, check_interval=.., timeout=..): lab 04's class
+
+
 def is_retryable(exc: BaseException) -> bool:
     """True for connection-level failures (see RETRYABLE); False for SQL errors and timeouts."""
     # BEGIN SOLUTION
-    # TimeoutError is an OSError since 3.11, but a slow query is no lost connection.
-    return isinstance(exc, RETRYABLE) and not isinstance(exc, asyncio.TimeoutError)
+    # TimeoutError is an OSError since Python 3.3 (asyncio's is the same class since 3.11),
+    # but a slow query is no lost connection.
+    return isinstance(exc, RETRYABLE) and not isinstance(exc, (TimeoutError, asyncio.TimeoutError))
     # END SOLUTION
 
 
 class AdvancedPoolManager:
-    """An asyncpg pool with session hooks, metrics, a health monitor and retries."""
+    """An asyncpg pool with session settings, an init hook, metrics, a health monitor and retries."""
 
-    def __init__(self, *, application_name: str = "pglab-advanced",
+    def __init__(self, monitor_factory: MonitorFactory, *, application_name: str = "pglab-advanced",
                  health_check_interval: float = 30.0, health_check_timeout: float = 5.0) -> None:
         self.pool: asyncpg.Pool | None = None
+        self.monitor: HealthMonitor | None = None
+        self.monitor_factory = monitor_factory
         self.application_name = application_name
         self.health_check_interval, self.health_check_timeout = health_check_interval, health_check_timeout
         self.connection_counter = 0  # physical connections opened (init hook calls)
         self.error_counter = 0  # server WARNING/ERROR messages plus failed attempts
         self.borrow_counter = 0  # connections handed out by acquire()
-        self.health_stats: dict[str, Any] = {"status": "unknown", "last_check": None, "response_time": None,
-                                             "consecutive_failures": 0, "error": None}
         self._dsn = ""
         self._server_pids: set[int] = set()
-        self._monitor: asyncio.Task[None] | None = None
+        self._shut_down = False
 
     async def initialize_pool(self, settings: PoolSettings) -> None:
-        """Create the pool with both hooks and start the health monitor; RuntimeError if called twice."""
+        """Create the pool (SESSION_SETTINGS, init hook) and start the monitor; RuntimeError if called twice."""
         # BEGIN SOLUTION
         if self.pool is not None:
             raise RuntimeError("pool already initialized; graceful_shutdown() it first")
         kwargs = {"dsn": settings.get_dsn(), **settings.get_pool_kwargs()}  # the kwargs may carry the dsn too
-        server_settings = {**kwargs.pop("server_settings", {}), "application_name": self.application_name}
+        server_settings = {**SESSION_SETTINGS, **kwargs.pop("server_settings", {}),
+                           "application_name": self.application_name}
         self._dsn = kwargs["dsn"]
-        self.pool = await asyncpg.create_pool(**kwargs, server_settings=server_settings,
-                                              init=self._init_connection, reset=self._reset_connection)
-        self._monitor = asyncio.create_task(self._monitor_health())  # keep it: the loop holds tasks weakly
+        self.pool = await asyncpg.create_pool(**kwargs, server_settings=server_settings, init=self._init_connection)
+        self._shut_down = False
+        self.monitor = self.monitor_factory(self, check_interval=self.health_check_interval,
+                                            timeout=self.health_check_timeout)
+        await self.monitor.start_monitoring()
         # END SOLUTION
 
     async def _init_connection(self, conn: asyncpg.Connection) -> None:
-        """Once per new physical connection: count it, remember its server pid, apply SESSION_SETTINGS."""
+        """Once per new physical connection: count it, remember its server pid, decode jsonb to Python."""
         # BEGIN SOLUTION
         self.connection_counter += 1
         pid = conn.get_server_pid()
         self._server_pids.add(pid)
         conn.add_termination_listener(lambda _conn: self._server_pids.discard(pid))
-        await conn.execute(_SET_SESSION)
+        await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
         # END SOLUTION
 
     @contextlib.asynccontextmanager
@@ -95,13 +110,6 @@ class AdvancedPoolManager:
                 with contextlib.suppress(asyncpg.InterfaceError):
                     conn.remove_log_listener(self._on_server_log)
 
-    async def _reset_connection(self, conn: asyncpg.Connection) -> None:
-        """On every release: asyncpg's reset query (RESET ALL, ...) then SESSION_SETTINGS, in one round trip."""
-        # BEGIN SOLUTION
-        # Ours replaces asyncpg's reset: run its query too. Not DISCARD ALL: it drops asyncpg's cached statements.
-        await conn.execute(f"{conn.get_reset_query()}\n{_SET_SESSION}")
-        # END SOLUTION
-
     def _on_server_log(self, conn: asyncpg.Connection, message: asyncpg.PostgresLogMessage) -> None:
         """Log listener: count WARNING and ERROR messages in `error_counter`."""
         # BEGIN SOLUTION
@@ -109,31 +117,27 @@ class AdvancedPoolManager:
             self.error_counter += 1
         # END SOLUTION
 
-    async def check_health(self) -> dict[str, Any]:
-        """One `SELECT 1` bounded by `health_check_timeout`; updates and returns `health_stats`."""
+    def get_pool_stats(self) -> dict[str, int]:
+        """`min_size, max_size, size, idle, in_use` (all 0 without a pool); the monitor reads it too."""
         # BEGIN SOLUTION
-        started = time.perf_counter()
-        try:
-            await asyncio.wait_for(self._require_pool().fetchval("SELECT 1"), self.health_check_timeout)
-        except Exception as exc:  # a failure is a health fact, not a crash of the monitor
-            self.health_stats.update(status="unhealthy", error=f"{type(exc).__name__}: {exc}", response_time=None,
-                                     consecutive_failures=self.health_stats["consecutive_failures"] + 1)
-        else:
-            self.health_stats.update(status="healthy", error=None, consecutive_failures=0,
-                                     response_time=time.perf_counter() - started)
-        self.health_stats["last_check"] = time.time()
-        return dict(self.health_stats)
+        if self.pool is None:
+            return dict.fromkeys(("min_size", "max_size", "size", "idle", "in_use"), 0)
+        size, idle = self.pool.get_size(), self.pool.get_idle_size()
+        return {"min_size": self.pool.get_min_size(), "max_size": self.pool.get_max_size(),
+                "size": size, "idle": idle, "in_use": size - idle}
         # END SOLUTION
 
-    def _require_pool(self) -> asyncpg.Pool:
-        if self.pool is None:
-            raise RuntimeError("pool not initialized (or already shut down): await initialize_pool(settings)")
-        return self.pool
+    async def check_health(self) -> dict[str, Any]:
+        """Run one check of the monitor now and return its status."""
+        self._require_pool()
+        assert self.monitor is not None  # set together with the pool
+        return await self.monitor.check_health()
 
-    async def _monitor_health(self) -> None:
-        while True:
-            await self.check_health()
-            await asyncio.sleep(self.health_check_interval)
+    def _require_pool(self) -> asyncpg.Pool:
+        if self.pool is None:  # say which: "not initialized" after a shutdown sends the reader the wrong way
+            raise RuntimeError("the manager has been shut down by graceful_shutdown(); create a new one"
+                               if self._shut_down else "pool not initialized: await initialize_pool(settings) first")
+        return self.pool
 
     async def execute_with_retry(self, query: str, *args: Any, max_retries: int = 3,
                                  base_delay: float = 0.1) -> list[asyncpg.Record]:
@@ -155,15 +159,11 @@ class AdvancedPoolManager:
             attempt += 1
         # END SOLUTION
 
-    def get_pool_metrics(self) -> dict[str, Any]:
+    async def get_pool_metrics(self) -> dict[str, Any]:
         """`pool_stats, health_stats, connection_counter, error_counter, error_rate` (errors per borrow)."""
         # BEGIN SOLUTION
-        pool_stats = dict.fromkeys(("min_size", "max_size", "size", "idle", "in_use"), 0)
-        if self.pool is not None:
-            size, idle = self.pool.get_size(), self.pool.get_idle_size()
-            pool_stats.update(min_size=self.pool.get_min_size(), max_size=self.pool.get_max_size(),
-                              size=size, idle=idle, in_use=size - idle)
-        return {"pool_stats": pool_stats, "health_stats": dict(self.health_stats),
+        health = self.monitor.get_health_status() if self.monitor is not None else {"status": "unknown"}
+        return {"pool_stats": self.get_pool_stats(), "health_stats": health,
                 "connection_counter": self.connection_counter, "error_counter": self.error_counter,
                 "error_rate": self.error_counter / self.borrow_counter if self.borrow_counter else 0.0}
         # END SOLUTION
@@ -172,10 +172,9 @@ class AdvancedPoolManager:
         """Stop the monitor, wait up to `timeout` s for borrowed connections, then end
         what is left on both sides (our sockets and the server backends)."""
         # BEGIN SOLUTION
-        monitor, self._monitor = self._monitor, None
-        if monitor is not None:
-            monitor.cancel()
-            await asyncio.gather(monitor, return_exceptions=True)  # wait until it has really stopped
+        self._shut_down = True
+        if self.monitor is not None:
+            await self.monitor.stop_monitoring()  # a check must not run on a closing pool
         if self.pool is None:
             return
         pool, self.pool = self.pool, None

@@ -4,6 +4,12 @@ A connection is busy for as long as a query runs on it. Little's law says how
 many are busy on average: arrival rate x time in the database. A sizing rule
 that only looks at requests per second ignores half of that product: 100 req/s
 of 2 ms queries keep fewer than one connection busy; of 200 ms queries, twenty.
+
+HikariCP's formula (https://github.com/brettwooldridge/HikariCP/wiki/About-Pool-Sizing)
+answers another question: how many connections the *database server* can keep
+busy at once, from its physical cores (not hyper-threads) and disks. That number
+is a total for the database, shared by every pool: divide it across application
+instances x worker processes.
 """
 
 from __future__ import annotations
@@ -11,8 +17,12 @@ from __future__ import annotations
 import math
 import os
 
-# min_size as a fraction of max_size: enough warm connections for the usual load,
-# so a burst does not pay for connection set-up, without pinning idle backends.
+import psutil
+
+# The course's choices, not standards: keep average use at 80 % of max_size (room
+# for bursts before requests queue), and warm min_size at a quarter of max_size
+# (the usual load finds a connection ready, without pinning idle backends).
+TARGET_UTILIZATION = 0.8
 MIN_SIZE_FRACTION = 0.25
 
 
@@ -31,7 +41,7 @@ def busy_connections(requests_per_second: float, avg_query_time_ms: float) -> fl
 
 
 def calculate_optimal_pool_size(
-    requests_per_second: float, avg_query_time_ms: float, target_utilization: float = 0.8
+    requests_per_second: float, avg_query_time_ms: float, target_utilization: float = TARGET_UTILIZATION
 ) -> tuple[int, int]:
     """`(min_size, max_size)` for a load.
 
@@ -39,6 +49,8 @@ def calculate_optimal_pool_size(
     `target_utilization` busy on average, headroom for bursts. min_size =
     ceil(max_size x MIN_SIZE_FRACTION). Both are at least 1. Raises ValueError for a
     non-positive rate or query time, or a utilization outside (0, 1].
+    `avg_query_time_ms` is the time a connection is held, waits inside the database
+    (locks, I/O) included: a lock wait holds the connection just as long.
     """
     # BEGIN SOLUTION
     if not 0 < target_utilization <= 1:  # also False for NaN
@@ -52,17 +64,34 @@ def calculate_optimal_pool_size(
 
 
 def hikari_pool_size(core_count: int | None = None, effective_spindle_count: int = 1) -> int:
-    """HikariCP's starting point: core_count x 2 + effective_spindle_count.
+    """HikariCP's starting point for the whole database: core_count x 2 + effective_spindle_count.
 
-    `core_count` defaults to the CPU count of this machine (it should be the
-    database server's); spindles are 0 when the data fits in memory. Raises
-    ValueError for core_count < 1 or a negative spindle count.
+    `core_count` is the database server's physical cores (hyper-threads do not
+    count); it defaults to this machine's, right when the database runs here.
+    Spindles are 0 when the data fits in memory. Raises ValueError for
+    core_count < 1 or a negative spindle count.
     """
     # BEGIN SOLUTION
-    cores = (os.cpu_count() or 1) if core_count is None else core_count
+    cores = (psutil.cpu_count(logical=False) or os.cpu_count() or 1) if core_count is None else core_count
     if cores < 1:
         raise ValueError(f"core_count must be at least 1, got {core_count!r}")
     if effective_spindle_count < 0:
         raise ValueError(f"effective_spindle_count must be 0 or more, got {effective_spindle_count!r}")
     return cores * 2 + effective_spindle_count
+    # END SOLUTION
+
+
+def per_process_pool_size(total_connections: int, instances: int, workers_per_instance: int = 1) -> int:
+    """max_size of each process's pool when `total_connections` (e.g. hikari_pool_size())
+    is shared by `instances` x `workers_per_instance` processes, each with its own pool.
+
+    Rounds down, so the processes together stay within the total; at least 1.
+    Raises ValueError for a count below 1.
+    """
+    # BEGIN SOLUTION
+    for name, value in (("total_connections", total_connections), ("instances", instances),
+                        ("workers_per_instance", workers_per_instance)):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value!r}")
+    return max(1, total_connections // (instances * workers_per_instance))
     # END SOLUTION

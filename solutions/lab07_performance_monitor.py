@@ -2,8 +2,10 @@
 
 Everything here runs on the event loop that also serves the application, so no
 call may block it: `psutil.cpu_percent(interval=1)` sleeps a whole second inside
-the coroutine and freezes every request for that second. `interval=None`
-returns at once the CPU use since the previous call.
+the coroutine and freezes every request for that second. `interval=None` returns
+at once the system CPU use since the previous `cpu_percent()` call *in the same
+thread*, by whoever made it: psutil keeps one last sample per thread, so another
+caller on the loop's thread shortens our window.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ RECOMMENDATIONS = {
 class PoolMetricsSource(Protocol):
     """What the monitor needs from lab 05's `AdvancedPoolManager`."""
 
-    def get_pool_metrics(self) -> dict[str, Any]: ...
+    async def get_pool_metrics(self) -> dict[str, Any]: ...
 
 
 class PoolPerformanceMonitor:
@@ -55,7 +57,7 @@ class PoolPerformanceMonitor:
         self._task: asyncio.Task[None] | None = None
         # BEGIN SOLUTION: create the bounded `metrics_history` and prime the CPU counter
         self.metrics_history: deque[dict[str, Any]] = deque(maxlen=history_size)  # drops the oldest itself
-        # The first cpu_percent(interval=None) has no previous call to compare with and says 0.0.
+        # Start this thread's CPU window now: a first call in a thread has no previous sample and says 0.0.
         psutil.cpu_percent(interval=None)
         # END SOLUTION
 
@@ -65,9 +67,9 @@ class PoolPerformanceMonitor:
         disk = psutil.disk_io_counters()  # None where the OS exposes no disk counters
         sample = {
             "timestamp": time.time(),
-            "pool": self.pool_manager.get_pool_metrics(),
+            "pool": await self.pool_manager.get_pool_metrics(),
             "system": {
-                "cpu_percent": psutil.cpu_percent(interval=None),  # since the last call, no sleep
+                "cpu_percent": psutil.cpu_percent(interval=None),  # since this thread's last call, no sleep
                 "memory_percent": psutil.virtual_memory().percent,
                 "process_rss_bytes": self._process.memory_info().rss,
                 "disk_read_bytes": disk.read_bytes if disk else 0,
@@ -91,6 +93,7 @@ class PoolPerformanceMonitor:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
+            # Returns once the task has finished; a cancel of our own caller still propagates.
             await asyncio.gather(task, return_exceptions=True)
         # END SOLUTION
 

@@ -3,7 +3,7 @@
 An asyncpg pool belongs to the event loop that created it: its connections, futures
 and locks are bound to that loop. Code that runs several loops (a thread per loop,
 `asyncio.run` called twice, test runners) needs one pool per loop, and must never
-hand a dead loop's pool to a new one.
+hand a dead loop's pool, a closed pool or a half-created one to anyone.
 """
 
 from __future__ import annotations
@@ -46,11 +46,9 @@ class PostgresPoolConfig:
             if parts.scheme not in ("postgresql", "postgres"):
                 raise ValueError("connection_string must be a postgresql:// URL")
             data = {"host": parts.hostname or "localhost", "port": parts.port or 5432,
-                    "database": unquote(parts.path.lstrip("/")),
-                    "user": unquote(parts.username or ""),
+                    "database": unquote(parts.path.lstrip("/")), "user": unquote(parts.username or ""),
                     "password": unquote(parts.password or ""), **data}
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
+        if unknown := set(data) - {f.name for f in fields(cls)}:
             raise ValueError(f"unknown pool settings: {sorted(unknown)}")
         return cls(**data)
         # END SOLUTION
@@ -58,8 +56,7 @@ class PostgresPoolConfig:
     def to_connection_string(self) -> str:
         """A URL asyncpg can parse, user, password and database percent-encoded."""
         # BEGIN SOLUTION
-        user, password, database = (quote(value, safe="")
-                                    for value in (self.user, self.password, self.database))
+        user, password, database = (quote(value, safe="") for value in (self.user, self.password, self.database))
         return f"postgresql://{user}:{password}@{self.host}:{self.port}/{database}"
         # END SOLUTION
 
@@ -80,20 +77,17 @@ class _Entry(Generic[P]):
 @dataclass
 class _LoopPools(Generic[P]):
     """The pools of one event loop, and the locks that serialise their creation."""
-
     pools: dict[Hashable, _Entry[P]] = field(default_factory=dict)
     locks: dict[Hashable, asyncio.Lock] = field(default_factory=dict)
 
 
 class ConnectionPoolManager(Generic[P]):
-    """One pool per (config, running event loop), for asyncpg or any other client."""
+    """One pool per (config, running event loop), for asyncpg or any other client: the course's registry of pools."""
 
     def __init__(self) -> None:
         # Keyed by the loop object, held weakly: a new loop is never equal to a dead one,
         # even when it reuses the dead loop's id(), and a collected loop leaves the map.
-        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopPools[P]] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopPools[P]] = weakref.WeakKeyDictionary()
         self._registry_lock = threading.Lock()  # loops in other threads share the map
 
     async def get_pool(
@@ -103,23 +97,23 @@ class ConnectionPoolManager(Generic[P]):
         validate_pool_func: Callable[[P], Awaitable[bool]] | None = None,
         close_pool_func: Callable[[P], Any] | None = None,
     ) -> P:
-        """The pool for `config` in the running loop, created on first use; a pool that
-        fails `validate_pool_func` is closed and replaced."""
+        """The pool for `config` in the running loop, created on first use. A pool that was
+        closed, or fails `validate_pool_func`, is replaced; a failed creation registers nothing."""
         # BEGIN SOLUTION
-        loop = asyncio.get_running_loop()
         key = _key(config)
         with self._registry_lock:
             self._forget_closed_loops()
-            state = self._loops.setdefault(loop, _LoopPools())
+            state = self._loops.setdefault(asyncio.get_running_loop(), _LoopPools())
         # One lock per (loop, config): 50 concurrent callers create one pool, not 50.
         async with state.locks.setdefault(key, asyncio.Lock()):
-            entry = state.pools.get(key)
-            if entry is not None:
-                if validate_pool_func is None or await _is_valid(entry.pool, validate_pool_func):
+            if (entry := state.pools.get(key)) is not None:
+                if not _is_closed(entry.pool) and (
+                        validate_pool_func is None or await _is_valid(entry.pool, validate_pool_func)):
                     return entry.pool
-                del state.pools[key]
+                state.pools.pop(key, None)
                 with contextlib.suppress(Exception):  # it is broken: closing may fail too
                     await _close(entry)
+            # Register only a pool that started: if creation raises, the next call tries afresh.
             pool = await create_pool_func(config)
             state.pools[key] = _Entry(pool, close_pool_func, _describe(config))
             return pool
@@ -158,11 +152,9 @@ class ConnectionPoolManager(Generic[P]):
         """One row per pool: its loop, pool type and target; never a password."""
         # BEGIN SOLUTION
         with self._registry_lock:
-            return [
-                {"loop_id": id(loop), "loop_closed": loop.is_closed(),
-                 "pool_type": type(entry.pool).__name__, "target": entry.target}
-                for loop, state in self._loops.items() for entry in state.pools.values()
-            ]
+            return [{"loop_id": id(loop), "loop_closed": loop.is_closed(),
+                     "pool_type": type(entry.pool).__name__, "target": entry.target}
+                    for loop, state in self._loops.items() for entry in state.pools.values()]
         # END SOLUTION
 
     def _forget_closed_loops(self) -> None:
@@ -175,13 +167,19 @@ class ConnectionPoolManager(Generic[P]):
 
 
 def _key(config: PostgresPoolConfig | Hashable) -> Hashable:
-    to_hash_key = getattr(config, "to_hash_key", None)
-    return to_hash_key() if to_hash_key is not None else config
+    return config.to_hash_key() if isinstance(config, PostgresPoolConfig) else config
 
 
 def _describe(config: Any) -> str:
     """repr() of the config (PostgresPoolConfig hides its password), URL passwords masked."""
     return re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", repr(config))
+
+
+def _is_closed(pool: Any) -> bool:
+    """asyncpg's `is_closing()`, httpx's `is_closed`, psycopg_pool's `closed`; False for others."""
+    if callable(is_closing := getattr(pool, "is_closing", None)):
+        return bool(is_closing())
+    return bool(getattr(pool, "is_closed", False) or getattr(pool, "closed", False))
 
 
 async def _is_valid(pool: Any, validate: Callable[[Any], Awaitable[bool]]) -> bool:

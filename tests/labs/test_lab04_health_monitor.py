@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import uuid
 from datetime import datetime
@@ -16,7 +17,6 @@ from pglab.testing import eventually, within
 
 MODULE = "lab04_health_monitor"
 KEYS = {"status", "last_check", "response_time", "error", "consecutive_failures", "pool_stats"}
-
 
 
 async def cancel_tasks_since(before: set[asyncio.Task]) -> None:
@@ -99,6 +99,12 @@ async def test_unknown_before_the_first_check_then_healthy_on_the_live_server(la
     assert isinstance(result["last_check"], datetime), "last_check should be the datetime of the check"
     assert result["pool_stats"] == pool.get_pool_stats(), "pool_stats should be the pool's get_pool_stats()"
     assert monitor.is_healthy() and monitor.get_health_status()["status"] == "healthy"
+    async with pool.acquire() as _conn:
+        in_use = monitor.get_health_status()["pool_stats"]["in_use"]
+    assert in_use == 1, (
+        f"get_health_status() while a connection is borrowed shows pool_stats in_use={in_use}, expected 1: "
+        "read pool.get_pool_stats() when the status is asked for, not a copy kept from the last check"
+    )
 
 
 async def test_unhealthy_with_the_reason_when_every_connection_is_held(lab, pool):
@@ -189,3 +195,40 @@ async def test_start_is_idempotent_and_stop_leaves_no_task_pending(lab, pool):
             "cancel the task, then await it"
         )
         assert all(task.done() for task in started)
+
+
+class SlowRelease:
+    """Lab 01's pool, but giving a connection back takes 0.3 s (as asyncpg does after a
+    cancelled query): a monitor stopped mid-check is still finishing when stop is cancelled."""
+
+    def __init__(self, pool) -> None:
+        self.pool = pool
+        self.checking = asyncio.Event()
+
+    def get_pool_stats(self) -> dict[str, int]:
+        return self.pool.get_pool_stats()
+
+    @contextlib.asynccontextmanager
+    async def acquire(self, *, timeout: float | None = None):
+        self.checking.set()
+        async with self.pool.acquire(timeout=timeout) as conn:
+            try:
+                yield conn
+            finally:
+                await asyncio.sleep(0.3)
+
+
+async def test_stop_monitoring_lets_its_callers_cancellation_through(lab, pool):
+    slow = SlowRelease(pool)
+    monitor = lab.ConnectionHealthMonitor(slow, check_interval=60, timeout=5)
+    await within(monitor.start_monitoring(), 5, "start_monitoring()")
+    await within(slow.checking.wait(), 5, "the first check of the background loop")
+    caller = asyncio.ensure_future(monitor.stop_monitoring())  # e.g. a shutdown handler
+    await asyncio.sleep(0.05)  # stop_monitoring() has cancelled the loop and waits for it to finish
+    caller.cancel()  # ... when the shutdown itself is cancelled
+    await within(asyncio.wait([caller]), 5, "the cancelled stop_monitoring()")
+    assert caller.cancelled(), (
+        "stop_monitoring() was cancelled while it waited for the loop, yet it returned normally: the caller's "
+        "CancelledError was swallowed, so its own cancellation (a timeout, a shutdown) silently does nothing. "
+        "`with suppress(CancelledError): await task` does that; `await asyncio.wait([task])` waits without it"
+    )

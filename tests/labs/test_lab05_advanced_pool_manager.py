@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from pglab.backends import count_backends, terminate_backends
+from pglab.backends import terminate_backends
 from pglab.testing import eventually, within
 
 MODULE = "lab05_advanced_pool_manager"
@@ -31,16 +32,20 @@ class StandInSettings:
         return {"min_size": self.min_size, "max_size": self.max_size, "command_timeout": 30.0}
 
 
-
 @pytest.fixture
-async def start(lab, dsn, app_name):
-    """`await start(min_size=.., max_size=.., **manager_kwargs)`: an initialised manager, shut down afterwards."""
-    managers = []
+async def start(lab, load_solution, dsn, app_name):
+    """`await start(min_size=.., max_size=.., **manager_kwargs)`: an initialised manager, shut down afterwards.
 
-    async def start_manager(*, min_size: int = 1, max_size: int = 3, **kwargs: Any):
-        manager = lab.AdvancedPoolManager(application_name=app_name, **kwargs)
+    Its health monitor is lab 04's reference ConnectionHealthMonitor (these checks grade lab 05 only).
+    """
+    monitor_class = load_solution("lab04_health_monitor").ConnectionHealthMonitor
+    managers = []
+    tasks_before = asyncio.all_tasks()
+
+    async def start_manager(*, min_size: int = 1, max_size: int = 3, target: str = dsn, **kwargs: Any):
+        manager = lab.AdvancedPoolManager(monitor_class, application_name=app_name, **kwargs)
         managers.append(manager)
-        settings = StandInSettings(dsn, min_size=min_size, max_size=max_size)
+        settings = StandInSettings(target, min_size=min_size, max_size=max_size)
         await within(manager.initialize_pool(settings), 15, "initialize_pool()")
         assert manager.pool is not None, "initialize_pool() should set self.pool"
         return manager
@@ -49,8 +54,11 @@ async def start(lab, dsn, app_name):
     for manager in managers:
         if manager.pool is not None:
             manager.pool.terminate()
-        if (monitor := getattr(manager, "_monitor", None)) is not None:  # the check's own cleanup
-            monitor.cancel()
+    stray = asyncio.all_tasks() - tasks_before - {asyncio.current_task()}
+    for task in stray:  # e.g. a monitor that was never stopped
+        task.cancel()
+    if stray:
+        await asyncio.wait(stray, timeout=5)
     await terminate_backends(dsn, app_name)
 
 
@@ -61,13 +69,60 @@ async def admin(dsn):
     await conn.close()
 
 
+async def live(admin: asyncpg.Connection, pids: list[int]) -> list[int]:
+    """Which of these server pids still have a backend."""
+    return [row["pid"] for row in await admin.fetch(
+        "SELECT pid FROM pg_stat_activity WHERE pid = ANY($1::int[])", pids)]
+
+
+async def pool_pids(pool: asyncpg.Pool) -> list[int]:
+    """The server pids of every connection of the pool (borrows them all at once, then gives them back)."""
+    conns = [await within(pool.acquire(), 5, "acquire()") for _ in range(pool.get_max_size())]
+    try:
+        return [conn.get_server_pid() for conn in conns]
+    finally:
+        for conn in conns:
+            await pool.release(conn)
+
+
+@contextlib.asynccontextmanager
+async def silent_server():
+    """The port of a TCP server that accepts connections and never answers (a hung database)."""
+    clients: list[asyncio.StreamWriter] = []
+
+    async def accept(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        clients.append(writer)
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        for writer in clients:
+            writer.close()
+        server.close()
+
+
 async def attempts_made(admin: asyncpg.Connection, seq: str) -> int:
     """How many times the query calling nextval(seq) ran: a sequence is not rolled back."""
     row = await admin.fetchrow(f"SELECT last_value, is_called FROM {seq}")
     return row["last_value"] if row["is_called"] else 0
 
 
-async def test_init_hook_settings_are_on_every_connection_even_after_reuse(lab, start):
+def test_only_connection_level_failures_are_retryable(lab):
+    retryable = [asyncpg.ConnectionDoesNotExistError("closed"), asyncpg.AdminShutdownError("terminated"),
+                 asyncpg.CannotConnectNowError("starting up"), ConnectionRefusedError("refused")]
+    final = [asyncpg.UniqueViolationError("duplicate"), asyncpg.PostgresSyntaxError("syntax"),
+             asyncio.TimeoutError(), TimeoutError("timed out"), ValueError("bad argument")]
+    for exc in retryable:
+        assert lab.is_retryable(exc), f"{type(exc).__name__} is a connection-level failure: retry it"
+    for exc in final:
+        assert not lab.is_retryable(exc), (
+            f"{type(exc).__name__}({exc}) would fail again the same way: never retry it"
+            + (" (TimeoutError is an OSError subclass: exclude it explicitly)" if isinstance(exc, OSError) else "")
+        )
+
+
+async def test_session_settings_and_the_jsonb_codec_are_on_every_connection_even_after_reuse(lab, start):
     manager = await start(min_size=3, max_size=3, health_check_interval=60)
     for round_ in ("first borrow", "after release and reuse"):
         conns = [await within(manager.pool.acquire(), 5, "acquire()") for _ in range(3)]
@@ -75,8 +130,14 @@ async def test_init_hook_settings_are_on_every_connection_even_after_reuse(lab, 
             for conn in conns:
                 work_mem = await conn.fetchval("SELECT current_setting('work_mem')")
                 assert work_mem == lab.SESSION_SETTINGS["work_mem"], (
-                    f"{round_}: work_mem is {work_mem}, expected {lab.SESSION_SETTINGS['work_mem']} from the init "
-                    "hook. After a release, the pool's RESET ALL undoes a SET made in init: re-apply it in reset"
+                    f"{round_}: work_mem is {work_mem}, expected {lab.SESSION_SETTINGS['work_mem']}. Pass "
+                    "SESSION_SETTINGS in server_settings: they become the session defaults, which the pool's "
+                    "RESET ALL on release returns to (a SET in the init hook is undone by it)"
+                )
+                doc = await conn.fetchval("""SELECT '{"a": [1, 2]}'::jsonb""")
+                assert doc == {"a": [1, 2]}, (
+                    f"{round_}: a jsonb value came back as {doc!r}, expected the dict {{'a': [1, 2]}}: the init hook "
+                    "should set a jsonb type codec (conn.set_type_codec) on every new connection"
                 )
         finally:
             for conn in conns:
@@ -96,13 +157,14 @@ async def test_a_set_by_one_borrower_is_gone_for_the_next(lab, start):
         await conn.execute("SET statement_timeout = '1234ms'; SET work_mem = '1MB'")
     async with manager.pool.acquire() as conn:
         assert conn.get_server_pid() == first_pid, (
-            "the next borrower got a new server connection: the reset hook failed (asyncpg then closes "
-            "the connection); it should clean the session and keep the connection"
+            "the next borrower got a new server connection: a reset hook failed (asyncpg then closes "
+            "the connection); the pool's own reset cleans the session and keeps the connection"
         )
-        row = await conn.fetchrow("SELECT current_setting('statement_timeout') AS st, current_setting('work_mem') AS wm")
+        row = await conn.fetchrow(
+            "SELECT current_setting('statement_timeout') AS st, current_setting('work_mem') AS wm")
     assert row["st"] != "1234ms", "a SET made by the previous borrower leaked to the next one (reset on release)"
     expected = lab.SESSION_SETTINGS["work_mem"]
-    assert row["wm"] == expected, f"after the reset, work_mem should be the init hook's {expected} again, got {row['wm']}"
+    assert row["wm"] == expected, f"after the reset, work_mem should be the session default {expected}, got {row['wm']}"
 
 
 async def test_server_warnings_are_counted_on_every_borrow(start):
@@ -123,18 +185,41 @@ async def test_server_warnings_are_counted_on_every_borrow(start):
                      f"it is {manager.error_counter} (add the log listener in acquire(), remove it before release)")
 
 
-def test_only_connection_level_failures_are_retryable(lab):
-    retryable = [asyncpg.ConnectionDoesNotExistError("closed"), asyncpg.AdminShutdownError("terminated"),
-                 asyncpg.CannotConnectNowError("starting up"), ConnectionRefusedError("refused")]
-    final = [asyncpg.UniqueViolationError("duplicate"), asyncpg.PostgresSyntaxError("syntax"),
-             asyncio.TimeoutError(), ValueError("bad argument")]
-    for exc in retryable:
-        assert lab.is_retryable(exc), f"{type(exc).__name__} is a connection-level failure: retry it"
-    for exc in final:
-        assert not lab.is_retryable(exc), f"{type(exc).__name__} would fail again the same way: never retry it"
+async def test_get_pool_metrics_is_awaitable_and_reports_pool_and_health(start):
+    manager = await start(min_size=2, max_size=4, health_check_interval=0.1)
+
+    async def healthy() -> bool:
+        return (await manager.get_pool_metrics())["health_stats"].get("status") == "healthy"
+
+    await eventually(healthy, 5, "the health monitor never reported status 'healthy' against the live server "
+                     "(does initialize_pool() start the monitor, and get_pool_metrics() report its status?)")
+    async with manager.acquire() as _conn:
+        metrics = await within(manager.get_pool_metrics(), 5, "get_pool_metrics()")
+    assert set(metrics) >= {"pool_stats", "health_stats", "connection_counter", "error_counter", "error_rate"}, (
+        f"missing keys in {sorted(metrics)}"
+    )
+    stats = metrics["pool_stats"]
+    assert (stats["min_size"], stats["max_size"]) == (2, 4), f"pool_stats should show min 2 / max 4: {stats}"
+    assert stats["in_use"] == 1 and stats["size"] == stats["idle"] + stats["in_use"], (
+        f"with one connection borrowed, in_use should be 1 and size = idle + in_use: {stats}"
+    )
+    assert metrics["connection_counter"] >= 2 and metrics["error_counter"] == 0, metrics
+    assert metrics["health_stats"]["last_check"] is not None, "health_stats should record when it last checked"
 
 
-async def test_execute_with_retry_survives_a_backend_killed_mid_query(start, admin, app_name, table_name):
+async def test_the_health_check_gives_up_on_a_server_that_does_not_answer(start):
+    async with silent_server() as port:
+        manager = await start(min_size=0, max_size=1, target=f"postgresql://nobody:secret@127.0.0.1:{port}/none",
+                              health_check_interval=60, health_check_timeout=0.3)
+        result = await within(manager.check_health(), 3, "check_health() (health_check_timeout=0.3) against a "
+                              "server that accepts connections and never answers")
+        assert result["status"] == "unhealthy" and result["error"], (
+            f"a server that never answers should make the check 'unhealthy' with the reason, got {result}"
+        )
+        await within(manager.graceful_shutdown(timeout=2), 5, "graceful_shutdown() of a manager whose server hangs")
+
+
+async def test_execute_with_retry_survives_a_backend_killed_mid_query(start, admin, table_name):
     manager = await start(health_check_interval=60)
     seq = f"{table_name}_seq"
     await admin.execute(f"CREATE SEQUENCE {seq}")
@@ -144,7 +229,7 @@ async def test_execute_with_retry_survives_a_backend_killed_mid_query(start, adm
         async def kill_the_running_query() -> bool:  # pg_terminate_backend on the backend inside pg_sleep
             return await admin.fetchval(
                 "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"
-                " WHERE application_name = $1 AND wait_event = 'PgSleep' AND query = $2", app_name, query) > 0
+                " WHERE wait_event = 'PgSleep' AND query = $1", query) > 0
 
         killer = asyncio.ensure_future(eventually(kill_the_running_query, 5, "the query never started"))
         rows = await within(manager.execute_with_retry(query, base_delay=0.02), 15,
@@ -154,6 +239,24 @@ async def test_execute_with_retry_survives_a_backend_killed_mid_query(start, adm
             f"the successful attempt was #{rows[0]['attempt']}; expected the first to be killed and a second "
             "one to succeed on a fresh connection"
         )
+    finally:
+        await admin.execute(f"DROP SEQUENCE IF EXISTS {seq}")
+
+
+async def test_execute_with_retry_gives_up_after_max_retries(start, admin, table_name):
+    manager = await start(health_check_interval=60)
+    seq = f"{table_name}_seq"
+    await admin.execute(f"CREATE SEQUENCE {seq}")
+    try:  # every attempt loses its connection: the backend terminates itself
+        with pytest.raises((asyncpg.PostgresConnectionError, asyncpg.AdminShutdownError, OSError)):
+            await within(manager.execute_with_retry(
+                f"SELECT nextval('{seq}'), pg_terminate_backend(pg_backend_pid())", max_retries=2, base_delay=0.01),
+                15, "execute_with_retry() of a query that always loses its connection")
+        attempts = await attempts_made(admin, seq)
+        assert attempts == 3, (
+            f"max_retries=2 should make 3 attempts (the first + 2 retries), then raise the last error; made {attempts}"
+        )
+        assert manager.error_counter == 3, f"each failed attempt counts in error_counter: {manager.error_counter}"
     finally:
         await admin.execute(f"DROP SEQUENCE IF EXISTS {seq}")
 
@@ -172,7 +275,7 @@ async def test_a_unique_violation_is_raised_at_once_without_retry(start, admin, 
             )
         attempts = await attempts_made(admin, seq)
         assert attempts == 1, f"a unique violation was tried {attempts} times; a SQL error must not be retried"
-        metrics = manager.get_pool_metrics()
+        metrics = await manager.get_pool_metrics()
         assert metrics["error_counter"] >= 1 and metrics["error_rate"] > 0, (
             f"a failed query should count in error_counter and error_rate: {metrics}"
         )
@@ -180,26 +283,9 @@ async def test_a_unique_violation_is_raised_at_once_without_retry(start, admin, 
         await admin.execute(f"DROP TABLE IF EXISTS {table_name}; DROP SEQUENCE IF EXISTS {seq}")
 
 
-async def test_get_pool_metrics_reports_pool_and_health(start):
-    manager = await start(min_size=2, max_size=4, health_check_interval=0.1)
-
-    async def healthy() -> bool:
-        return manager.get_pool_metrics()["health_stats"].get("status") == "healthy"
-
-    await eventually(healthy, 5, "the health monitor never reported status 'healthy' against the live server")
-    metrics = manager.get_pool_metrics()
-    assert set(metrics) >= {"pool_stats", "health_stats", "connection_counter", "error_counter", "error_rate"}, (
-        f"missing keys in {sorted(metrics)}"
-    )
-    stats = metrics["pool_stats"]
-    assert (stats["min_size"], stats["max_size"]) == (2, 4), f"pool_stats should show min 2 / max 4: {stats}"
-    assert stats["size"] == stats["idle"] + stats["in_use"], f"size should be idle + in_use: {stats}"
-    assert metrics["connection_counter"] >= 2 and metrics["error_counter"] == 0, metrics
-    assert metrics["health_stats"]["last_check"] is not None, "health_stats should record when it last checked"
-
-
-async def test_graceful_shutdown_lets_in_flight_work_finish(start, dsn, app_name):
-    manager = await start(health_check_interval=0.1)
+async def test_graceful_shutdown_lets_in_flight_work_finish_then_says_shut_down(start, admin):
+    manager = await start(min_size=2, max_size=2, health_check_interval=0.1)
+    pids = await pool_pids(manager.pool)
     query = asyncio.ensure_future(manager.pool.fetchval("SELECT 7 FROM pg_sleep(0.5)"))
     await asyncio.sleep(0.1)
     await within(manager.graceful_shutdown(timeout=10), 12, "graceful_shutdown(timeout=10)")
@@ -207,16 +293,25 @@ async def test_graceful_shutdown_lets_in_flight_work_finish(start, dsn, app_name
         "a query in flight when graceful_shutdown() began should finish normally within the timeout"
     )
     assert manager.pool is None, "graceful_shutdown() should set pool back to None"
-    assert await count_backends(dsn, app_name) == 0, "the pool's server connections are still open after shutdown"
+    assert await live(admin, pids) == [], "the pool's server connections are still open after shutdown"
+    with pytest.raises(RuntimeError) as raised:
+        await within(manager.execute_with_retry("SELECT 1", base_delay=0.01), 5, "execute_with_retry() after shutdown")
+    message = str(raised.value)
+    assert "shut down" in message and "not initialized" not in message, (
+        f"after graceful_shutdown() a query should fail saying the manager was shut down, got {message!r}"
+    )
 
 
-async def test_graceful_shutdown_ends_a_stuck_query_and_its_backend(start, dsn, app_name):
+async def test_graceful_shutdown_ends_a_stuck_query_and_its_backend(start, admin):
     tasks_before = asyncio.all_tasks()
     manager = await start(health_check_interval=0.1)
-    stuck = asyncio.ensure_future(manager.pool.fetchval("SELECT pg_sleep(60)"))
+    conn = await within(manager.pool.acquire(), 5, "acquire()")
+    pid = conn.get_server_pid()
+    stuck = asyncio.ensure_future(conn.fetchval("SELECT pg_sleep(60)"))
     try:
         async def sleeping() -> bool:
-            return await count_backends(dsn, app_name, state="active") > 0
+            return await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1 "
+                                        "AND wait_event = 'PgSleep'", pid) > 0
 
         await eventually(sleeping, 5, "the pg_sleep query never started")
         # timeout + 1 s is the promise; the extra seconds only absorb a busy machine.
@@ -225,11 +320,11 @@ async def test_graceful_shutdown_ends_a_stuck_query_and_its_backend(start, dsn, 
                 and t is not asyncio.current_task()]
         assert not left, f"tasks still pending after graceful_shutdown() (the health monitor?): {left}"
 
-        async def no_backends() -> bool:
-            return await count_backends(dsn, app_name) == 0
+        async def no_backend() -> bool:
+            return await live(admin, [pid]) == []
 
-        await eventually(no_backends, 3, "a backend of the pool is still on the server after graceful_shutdown(): "
-                         "pool.terminate() only closes the socket; end the stuck backend with pg_terminate_backend")
+        await eventually(no_backend, 3, "the stuck query's backend is still on the server after graceful_shutdown(): "
+                         "pool.terminate() only closes the socket; end the backend with pg_terminate_backend")
     finally:
         stuck.cancel()
         await asyncio.gather(stuck, return_exceptions=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 from hypothesis import given, settings
@@ -78,13 +77,41 @@ def test_bad_inputs_raise_value_error_naming_the_argument(lab, args, bad):
         lab.calculate_optimal_pool_size(*args)
 
 
-def test_hikari_formula(lab):
+def test_hikari_formula_counts_physical_cores(lab, monkeypatch):
     assert lab.hikari_pool_size(4, 1) == 9, "4 cores x 2 + 1 spindle = 9"
     assert lab.hikari_pool_size(8, 0) == 16, "with the data in memory (0 spindles): 8 x 2 = 16"
-    assert lab.hikari_pool_size() == (os.cpu_count() or 1) * 2 + 1, "core_count should default to os.cpu_count()"
+    # A machine with 4 physical cores and 8 hyper-threads.
+    monkeypatch.setattr(lab.psutil, "cpu_count", lambda logical=True: 8 if logical else 4)
+    monkeypatch.setattr(lab.os, "cpu_count", lambda: 8)
+    got = lab.hikari_pool_size()
+    assert got == 9, (
+        f"on 4 physical cores with 8 hyper-threads the default should be 4 x 2 + 1 = 9, got {got}: HikariCP's "
+        "core count is physical cores, psutil.cpu_count(logical=False); os.cpu_count() counts hyper-threads"
+    )
     for args, bad in [((0,), "core_count"), ((4, -1), "effective_spindle_count")]:
         with pytest.raises(ValueError, match=bad):
             lab.hikari_pool_size(*args)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ((9, 2, 2), 2),  # 9 connections for 4 processes: 2 each (8 in all), never 3 (12 > 9)
+        ((20, 1, 4), 5),
+        ((9, 1), 9),  # one process takes the whole budget
+        ((3, 2, 2), 1),  # fewer connections than processes: each still needs one
+    ],
+)
+def test_the_database_total_is_shared_by_every_process(lab, args, expected):
+    got = lab.per_process_pool_size(*args)
+    assert got == expected, (
+        f"per_process_pool_size{args} returned {got}, expected {expected}: the total is for the whole database, "
+        "split it across instances x workers and round down so the processes together stay within it"
+    )
+    for bad_args, bad in [((0, 1, 1), "total_connections"), ((9, 0, 1), "instances"),
+                          ((9, 1, 0), "workers_per_instance")]:
+        with pytest.raises(ValueError, match=bad):
+            lab.per_process_pool_size(*bad_args)
 
 
 @PROPERTY

@@ -33,7 +33,8 @@ class StandInSettings:
 async def manager(load_solution, dsn, app_name):
     """Lab 05's reference AdvancedPoolManager (max 4 connections) on the live server."""
     lab05 = load_solution("lab05_advanced_pool_manager")
-    manager = lab05.AdvancedPoolManager(application_name=app_name, health_check_interval=60)
+    monitor_class = load_solution("lab04_health_monitor").ConnectionHealthMonitor
+    manager = lab05.AdvancedPoolManager(monitor_class, application_name=app_name, health_check_interval=60)
     await within(manager.initialize_pool(StandInSettings(dsn)), 15, "lab 05 initialize_pool()")
     yield manager
     await within(manager.graceful_shutdown(timeout=2), 10, "lab 05 graceful_shutdown()")
@@ -43,7 +44,7 @@ async def manager(load_solution, dsn, app_name):
 class Silent:
     """A pool manager for report checks: the samples are synthetic."""
 
-    def get_pool_metrics(self) -> dict[str, Any]:
+    async def get_pool_metrics(self) -> dict[str, Any]:
         return {"pool_stats": {"min_size": 1, "max_size": 10, "size": 1, "idle": 1, "in_use": 0}}
 
 
@@ -137,18 +138,69 @@ async def test_start_and_stop_monitoring(lab):
     assert len(monitor.metrics_history) == count, "samples keep arriving after stop_monitoring()"
 
 
+class SlowToStop:
+    """A pool manager whose metrics call takes a while to clean up once cancelled."""
+
+    def __init__(self) -> None:
+        self.collecting = asyncio.Event()
+        self.cleaned_up = False
+
+    async def get_pool_metrics(self) -> dict[str, Any]:
+        self.collecting.set()
+        try:
+            await asyncio.sleep(30)
+        finally:
+            await asyncio.sleep(0.3)  # e.g. giving back a connection
+            self.cleaned_up = True
+        return {}
+
+
+async def test_stop_monitoring_returns_only_when_the_task_has_finished(lab):
+    source = SlowToStop()
+    monitor = lab.PoolPerformanceMonitor(source, collection_interval=60)
+    tasks_before = asyncio.all_tasks()
+    await within(monitor.start_monitoring(), 5, "start_monitoring()")
+    await within(source.collecting.wait(), 5, "the first collect_metrics() of the background task")
+    await within(monitor.stop_monitoring(), 5, "stop_monitoring()")
+    pending = [t for t in asyncio.all_tasks() - tasks_before if not t.done()]
+    assert source.cleaned_up and not pending, (
+        "stop_monitoring() returned while the cancelled task was still cleaning up: cancel() only asks; "
+        "await the task (e.g. asyncio.gather(task, return_exceptions=True)) so it has finished on return"
+    )
+
+
+async def test_stop_monitoring_lets_its_callers_cancellation_through(lab):
+    source = SlowToStop()
+    monitor = lab.PoolPerformanceMonitor(source, collection_interval=60)
+    await within(monitor.start_monitoring(), 5, "start_monitoring()")
+    await within(source.collecting.wait(), 5, "the first collect_metrics() of the background task")
+    caller = asyncio.ensure_future(monitor.stop_monitoring())  # e.g. an application's shutdown
+    await asyncio.sleep(0.05)  # stop_monitoring() has cancelled the task and waits for its cleanup
+    caller.cancel()  # ... when the shutdown itself is cancelled
+    await within(asyncio.wait([caller]), 5, "the cancelled stop_monitoring()")
+    assert caller.cancelled(), (
+        "stop_monitoring() was cancelled while it waited for the task, yet it returned normally: the caller's "
+        "CancelledError was swallowed. `with suppress(CancelledError): await task` does that; "
+        "`await asyncio.gather(task, return_exceptions=True)` or `await asyncio.wait([task])` let it through"
+    )
+
+
 @pytest.mark.parametrize(
     ("samples", "expected"),
     [
         ({}, set()),
         ({"in_use": 9}, {"near_max"}),
         ({"in_use": 10, "max_size": 10}, {"near_max"}),
+        ({"in_use": 8}, {"near_max"}),  # exactly at NEAR_MAX_UTILIZATION (0.8)
+        ({"in_use": 2}, set()),  # exactly at UNDER_USED_UTILIZATION (0.2): not below it
+        ({"cpu": 82.0, "memory": 82.0}, {"high_cpu"}),  # above the CPU threshold (80), below memory's (85)
         ({"cpu": 95.0}, {"high_cpu"}),
         ({"memory": 95.0}, {"high_memory"}),
         ({"in_use": 1}, {"under_used"}),
         ({"in_use": 9, "cpu": 90.0, "memory": 90.0}, {"near_max", "high_cpu", "high_memory"}),
     ],
-    ids=["balanced", "near-max", "at-max", "high-cpu", "high-memory", "under-used", "three-at-once"],
+    ids=["balanced", "near-max", "at-max", "at-near-max-threshold", "at-under-used-threshold", "cpu-82-memory-82",
+         "high-cpu", "high-memory", "under-used", "three-at-once"],
 )
 def test_each_recommendation_appears_when_called_for_and_not_otherwise(lab, samples, expected):
     monitor = lab.PoolPerformanceMonitor(Silent(), collection_interval=60, history_size=100, report_window=10)

@@ -17,7 +17,6 @@ MODULE = "lab08_loop_aware_manager"
 SECRET = "s3cr:t/p@ss%word"
 
 
-
 def pg_config(lab, dsn, **sizes):
     return lab.PostgresPoolConfig.from_dict({"connection_string": dsn, "min_size": 1, "max_size": 2, **sizes})
 
@@ -98,6 +97,50 @@ async def test_one_pool_per_config_and_50_concurrent_calls_create_it_once(lab):
     assert manager.get_pool_count() == 0, "close_all() should forget the pools"
 
 
+async def test_a_failed_creation_registers_nothing_and_the_next_call_tries_again(lab):
+    manager = lab.ConnectionPoolManager()
+    factory = Factory()
+
+    async def refused(config):
+        await asyncio.sleep(0.01)
+        raise ConnectionRefusedError("the server is not up yet")
+
+    with pytest.raises(ConnectionRefusedError):
+        await within(manager.get_pool("client", refused), 5, "get_pool() with a create_pool_func that raises")
+    assert manager.get_pool_count() == 0 and manager.get_pool_info() == [], (
+        f"a pool whose creation failed is still registered: count {manager.get_pool_count()}, "
+        f"info {manager.get_pool_info()}. Register the pool only after create_pool_func succeeded"
+    )
+    pool = await within(manager.get_pool("client", factory), 5, "get_pool() once creation works again")
+    assert isinstance(pool, FakePool) and factory.calls == 1, (
+        f"after a failed creation the next get_pool() should create the pool, got {pool!r}"
+    )
+    await within(manager.close_all(), 5, "close_all()")
+
+
+async def test_a_closed_pool_is_never_handed_out(lab, dsn, app_name):
+    manager = lab.ConnectionPoolManager()
+    factory = Factory()
+    first = await manager.get_pool("client", factory)
+    await first.close()  # closed behind the manager's back (a shutdown hook, a test fixture)
+    second = await within(manager.get_pool("client", factory), 5, "get_pool() after the pool was closed")
+    assert second is not first and not second.closed, (
+        "get_pool() returned a pool that was already closed: check it (asyncpg: pool.is_closing(); "
+        "a pool with a `closed` attribute) before handing it out, and create a new one"
+    )
+    config = pg_config(lab, dsn)
+    try:
+        pool = await within(manager.get_pool(config, asyncpg_creator(app_name)), 15, "get_pool()")
+        await within(pool.close(), 10, "pool.close()")
+        again = await within(manager.get_pool(config, asyncpg_creator(app_name)), 15, "get_pool() after close()")
+        assert again is not pool and not again.is_closing(), "a closed asyncpg pool (is_closing()) was handed out"
+        assert await again.fetchval("SELECT 1") == 1
+        assert manager.get_pool_count() == 2, f"one pool per config should be registered: {manager.get_pool_info()}"
+    finally:
+        await within(manager.close_all(), 10, "close_all()")
+        await terminate_backends(dsn, app_name)
+
+
 async def test_a_pool_that_fails_validation_is_closed_and_replaced(lab, dsn, app_name):
     manager = lab.ConnectionPoolManager()
     config = pg_config(lab, dsn)
@@ -124,6 +167,17 @@ async def test_a_pool_that_fails_validation_is_closed_and_replaced(lab, dsn, app
 
         replacement = await within(manager.get_pool("client", fake, healthy), 10, "get_pool()")
         assert replacement is not broken and broken.closed, "the invalid pool must be closed, then replaced"
+
+        async def ping(pool) -> bool:
+            if not pool.healthy:
+                raise ConnectionResetError("connection reset by peer")
+            return True
+
+        replacement.healthy = False
+        third = await within(manager.get_pool("client", fake, ping), 10, "get_pool() with a validator that raises")
+        assert third is not replacement and replacement.closed, (
+            "a validator that raises means the pool is broken: get_pool() should close and replace it, not raise"
+        )
     finally:
         await within(manager.close_all(), 10, "close_all()")
         await terminate_backends(dsn, app_name)
