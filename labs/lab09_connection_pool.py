@@ -1,30 +1,27 @@
 # Your lab file: replace each `raise NotImplementedError("TODO: ...")` with your code,
 # then run `pglab check 09`. (Generated from solutions/lab09_connection_pool.py by `pglab build-labs`.)
-"""Lab 09: `ConnectionPool`, a connection pool written from scratch for any connector.
-
-Modelled on asyncpg's pool.py and psycopg_pool: a count of open slots, a stack of idle
-connections and a FIFO queue of waiters. A returned connection is handed straight to
-the oldest waiter, so a newcomer can never overtake someone already waiting.
-"""
+"""Lab 09: `ConnectionPool` from scratch, after asyncpg's pool.py and psycopg_pool: a count of
+slots, a stack of idle connections and a FIFO queue of waiters served by direct hand-off."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
-import logging
+import random
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field, fields
 from typing import Any, Generic, TypeVar
 
-C = TypeVar("C")
-logger = logging.getLogger(__name__)
+C = TypeVar("C")  # any connection with is_closed(), is_in_transaction(), execute() and close()
+MAX_RECONNECT_DELAY = 10.0  # seconds: the longest pause between refills while the server is down
+COUNTERS = ("requests_num", "requests_wait_ms", "requests_errors", "connections_num",
+            "connections_errors", "connections_lost", "returns_bad")
 
 
 class PoolTimeoutError(TimeoutError):
-    """No connection became available within `acquire_timeout`."""
+    """No connection could be lent within the acquire timeout."""
 
 
 class PoolClosedError(RuntimeError):
@@ -33,14 +30,18 @@ class PoolClosedError(RuntimeError):
 
 @dataclass(frozen=True)
 class PoolConfig:
-    """Sizes and time limits (seconds) of a pool."""
+    """Sizes and times (seconds) of a pool; a bad value raises ValueError naming the field."""
 
     max_size: int = 10
     min_size: int = 1
     max_idle_time: float = 300.0
     acquire_timeout: float = 30.0
-    max_lifetime: float = 3600.0
+    max_lifetime: float = 3600.0  # each connection retires up to 10 % earlier (jitter)
     cleanup_interval: float = 60.0
+    reconnect_delay: float = 0.5  # first pause after a failed refill; doubles up to MAX_RECONNECT_DELAY
+
+    def __post_init__(self) -> None:
+        raise NotImplementedError("TODO: implement __post_init__()")
 
 
 @dataclass(eq=False)  # identity equality and hash: two wrappers are never "the same" connection
@@ -48,160 +49,94 @@ class PooledConnection(Generic[C]):
     """A connection plus the bookkeeping the pool needs."""
 
     connection: C
+    lifetime: float = float("inf")  # seconds this connection may live
     created_at: float = field(default_factory=time.monotonic)
     last_used_at: float = field(default_factory=time.monotonic)
-    use_count: int = 0
 
-    def is_expired(self, max_lifetime: float) -> bool:
-        """True when the connection has lived longer than `max_lifetime` seconds."""
+    def is_expired(self) -> bool:
+        """True once the connection has lived `lifetime` seconds."""
         raise NotImplementedError("TODO: implement is_expired()")
 
     def idle_time(self) -> float:
-        """Seconds since the connection was last handed out or given back."""
+        """Seconds since the connection was opened or last given back."""
         raise NotImplementedError("TODO: implement idle_time()")
 
 
 class ConnectionPool(Generic[C]):
-    """A pool over any `factory` coroutine function that opens a connection."""
+    """A pool over any `factory` coroutine function that opens a connection. `check(conn)`, if
+    given, runs before an idle connection is lent and on release; False or raising: broken."""
 
     def __init__(self, factory: Callable[[], Awaitable[C]], config: PoolConfig | None = None, *,
-                 health_check: Callable[[C], Awaitable[bool]] | None = None,
-                 close: Callable[[C], Awaitable[Any]] | None = None) -> None:
-        self.factory, self.config = factory, config or PoolConfig()
-        self.health_check, self.close_connection = health_check, close
+                 check: Callable[[C], Awaitable[bool | None]] | None = None) -> None:
+        self.factory, self.config, self.check = factory, config or PoolConfig(), check
         self._size = 0  # slots taken: connections open, being opened, or promised to a waiter
         self._idle: deque[PooledConnection[C]] = deque()  # right end = most recently used
         self._in_use: dict[int, PooledConnection[C]] = {}  # by id(): safe, we hold the object
         # A waiter's future receives a connection, or None: "a slot is yours, connect".
         self._waiters: deque[asyncio.Future[PooledConnection[C] | None]] = deque()
-        self._created = self._closed_count = 0
-        self._closed = False
-        self._cleanup_task: asyncio.Task[None] | None = None
+        self._counts: Counter[str] = Counter()
+        self._closed, self._wake = False, asyncio.Event()  # _wake: below min_size, refill now
+        self._upkeep: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Open `min_size` connections and start the background clean-up."""
+        """Open `min_size` connections (failures are retried in the background) and start the upkeep."""
         raise NotImplementedError("TODO: implement start()")
 
     async def acquire(self, timeout: float | None = None) -> C:
-        """Borrow a connection, waiting first-come first-served up to `timeout` (default
-        `acquire_timeout`). Raises PoolTimeoutError (a TimeoutError) or PoolClosedError."""
+        """Borrow a connection within `timeout` s (default `acquire_timeout`), connecting included."""
         raise NotImplementedError("TODO: implement acquire()")
 
     async def release(self, conn: C) -> None:
-        """Give back a borrowed connection; a broken or expired one is closed, not reused.
-
-        Raises ValueError for a connection this pool did not lend (or got back already)."""
+        """Give back a borrowed connection (rolled back, or closed if broken); ValueError if not ours."""
         raise NotImplementedError("TODO: implement release()")
 
-    def connection(self, timeout: float | None = None) -> _Borrow[C]:
+    @contextlib.asynccontextmanager
+    async def connection(self, timeout: float | None = None) -> AsyncIterator[C]:
         """`async with pool.connection() as conn:` borrows and always gives back."""
-        return _Borrow(self, timeout)
+        conn = await self.acquire(timeout)
+        try:
+            yield conn
+        finally:
+            await self.release(conn)
 
     def stats(self) -> dict[str, int]:
-        """`total, available, in_use, waiting, created, closed`."""
+        """psycopg_pool's names: sizes, `requests_waiting`, then the COUNTERS since the pool was made."""
         raise NotImplementedError("TODO: implement stats()")
 
     async def close(self) -> None:
-        """Refuse new acquires, wake waiters with PoolClosedError, close idle connections.
-        Borrowed connections are closed when they come back. Safe to call twice."""
+        """Fail waiters and new acquires with PoolClosedError; close idle connections now, borrowed
+        ones when they come back. Safe to call twice."""
         raise NotImplementedError("TODO: implement close()")
 
-    def _checkout(self, holder: PooledConnection[C]) -> C:
-        holder.use_count += 1
-        holder.last_used_at = time.monotonic()
-        self._in_use[id(holder.connection)] = holder
-        return holder.connection
+    async def _get(self) -> PooledConnection[C]:
+        raise NotImplementedError("TODO: an idle connection that passes _vet, else a new one, else wait in the queue")
+
+    async def _vet(self, holder: PooledConnection[C], returned: bool) -> bool:
+        raise NotImplementedError("TODO: True if it may be lent (again); if not, or if interrupted, close it")
 
     async def _connect(self) -> PooledConnection[C]:
-        """Open a connection in a slot already counted in `_size`."""
-        raise NotImplementedError("TODO: await the factory; on any exception (even cancelled) _give(None), re-raise")
+        raise NotImplementedError("TODO: open a connection in a slot already counted; on any exception _give(None)")
 
-    async def _wait(self, timeout: float) -> PooledConnection[C]:
-        """Queue up (FIFO) until a connection or a free slot is handed to us."""
-        raise NotImplementedError("TODO: queue a future, call_later(timeout, _expire, ...), pass on a late result")
+    async def _wait(self) -> PooledConnection[C]:
+        raise NotImplementedError("TODO: queue a future and await it (FIFO); on any exception pass on a late result")
 
     def _give(self, holder: PooledConnection[C] | None) -> None:
-        """Hand a free connection (or, with None, a freed slot) to the oldest live waiter;
-        with no waiter, the connection goes idle (or the slot is released)."""
-        raise NotImplementedError("TODO: implement _give()")
+        raise NotImplementedError("TODO: to the oldest live waiter; else idle it (None, a slot: free it, wake refill)")
 
     async def _discard(self, holder: PooledConnection[C]) -> None:
         # Close first and free the slot after, so the server never sees more than max_size.
-        self._closed_count += 1
         try:
-            conn: Any = holder.connection
-            result = self.close_connection(conn) if self.close_connection else conn.close()
-            if inspect.isawaitable(result):
-                await result
-        except Exception as exc:  # closing a broken connection may fail: it is gone anyway
-            logger.debug("closing a pooled connection failed: %r", exc)
+            with contextlib.suppress(Exception):  # closing a broken connection may fail: it is gone anyway
+                await holder.connection.close()  # type: ignore[attr-defined]
         finally:
             self._give(None)
 
-    async def _healthy(self, conn: C) -> bool:
-        if self.health_check is None:  # no extra round trip unless asked for
-            return True
-        try:
-            return bool(await self.health_check(conn))
-        except Exception:
-            return False
+    async def _fill(self) -> bool:
+        raise NotImplementedError("TODO: open the connections missing below min_size at once; True if all opened")
 
-    async def _fill(self) -> None:
-        """Open connections until `min_size` are open (or opening)."""
-        raise NotImplementedError("TODO: implement _fill()")
+    async def _open_one(self) -> None:
+        # Each one joins the pool as soon as it opens: a failed (or cancelled) sibling loses nothing.
+        self._give(await self._connect())
 
-    async def _cleanup_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.cleanup_interval)
-            try:
-                await self._reap()
-            except Exception as exc:  # e.g. the server is down: try again next round
-                logger.warning("pool clean-up failed: %r", exc)
-
-    async def _reap(self) -> None:
-        """Close expired connections and those idle too long above `min_size`; refill."""
-        raise NotImplementedError("TODO: implement _reap()")
-
-
-def _expire(waiter: asyncio.Future[Any], timeout: float) -> None:
-    if not waiter.done():
-        waiter.set_exception(PoolTimeoutError(f"no connection available within {timeout:g} s"))
-
-
-class _Borrow(Generic[C]):
-    """What `connection()` returns: a small class, cheaper than a generator-based manager."""
-
-    __slots__ = ("pool", "timeout", "conn")
-
-    def __init__(self, pool: ConnectionPool[C], timeout: float | None) -> None:
-        self.pool, self.timeout = pool, timeout
-
-    async def __aenter__(self) -> C:
-        self.conn = await self.pool.acquire(self.timeout)
-        return self.conn
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.pool.release(self.conn)
-
-
-class ConnectionPoolManager:
-    """One started ConnectionPool per data source id."""
-
-    def __init__(self, config: PoolConfig | None = None) -> None:
-        self.config = config
-        self.pools: dict[str, ConnectionPool[Any]] = {}
-
-    async def get_pool(self, source_id: str, factory: Callable[[], Awaitable[Any]],
-                       config: PoolConfig | None = None, **hooks: Any) -> ConnectionPool[Any]:
-        """The pool of `source_id`, created and started on first use.
-
-        `hooks` (health_check, close) go to the ConnectionPool."""
-        raise NotImplementedError("TODO: implement get_pool()")
-
-    def get_stats(self) -> dict[str, dict[str, int]]:
-        """`stats()` of every pool, by source id."""
-        raise NotImplementedError("TODO: implement get_stats()")
-
-    async def close_all(self) -> None:
-        """Close every pool and forget them."""
-        raise NotImplementedError("TODO: implement close_all()")
+    async def _maintain(self) -> None:
+        raise NotImplementedError("TODO: every cleanup_interval, or when woken: close expired/stale ones, refill")
