@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -313,21 +314,23 @@ def verify_checks(
     flips: Annotated[bool, typer.Option(help="prove each check passes on solutions/ and fails on labs/")] = True,
     mutants: Annotated[bool, typer.Option(help="prove each kept mutant fails at least one check")] = True,
     jobs: Annotated[int, typer.Option(help="mutants run in parallel")] = 2,
+    solutions_report: Annotated[Path | None, typer.Option(
+        help="a --pglab-report of a run on solutions/ to reuse (e.g. make test's) instead of running again")] = None,
 ) -> None:
     """Course self-check: the checks flip (solution passes, skeleton fails) and catch every mutant."""
     course = _course()
     chosen = [course.lab(lab_id) for lab_id in labs] if labs else course.labs
-    failures = _verify_flips(course, chosen) if flips else 0
+    failures = _verify_flips(course, chosen, solutions_report) if flips else 0
     failures += _verify_mutants(course, chosen, jobs) if mutants else 0
     if failures:
         raise fail(f"verify-checks: {failures} problem(s), listed above", 1)
 
 
-def _verify_flips(course: Course, labs: list[Lab]) -> int:
+def _verify_flips(course: Course, labs: list[Lab], solutions_report: Path | None) -> int:
     from .verify import verify
 
-    with console.status("running the graded checks against solutions/ and labs/ ..."):
-        verdicts = verify(course, labs)
+    with console.status("running the graded checks against the solutions and the generated skeletons ..."):
+        verdicts = verify(course, labs, solutions_report)
     bad = [v for v in verdicts if not v.honest]
     skipped = [v for v in verdicts if v.on_solution == "skip"]
     for verdict in skipped:

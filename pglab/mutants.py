@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import tempfile
+import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,11 +28,6 @@ from pydantic import BaseModel, Field, ValidationError
 from .checks import pytest_command
 from .course import Course, Lab
 from .labgen import solved
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 MUTANTS_DIR = Path("tests") / "mutants"
 MUTANT_TIMEOUT = 240.0  # seconds for one mutant's run; the checks' own deadlines come first

@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
+import psutil
 
 from .common import APP, QUERY, Context, Skip, comparison, create_pool, no_reset, pool_op, ratio, solution
 from .harness import Measurement, Op, Progress, Settings, compare, measure, run_on, uvloop_available
@@ -238,7 +239,7 @@ def lab06_marks(rows: list[dict[str, Any]]) -> dict[str, Any]:
     best = max(rows, key=lambda r: r["ops_per_s"])
     service_ms = rows[0]["mean_hold_ms"]
     low, high = lab06.calculate_optimal_pool_size(best["ops_per_s"], service_ms)
-    cores = os.cpu_count() or 1
+    cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
     return {"littles_law": {"min_size": low, "max_size": high,
                             "requests_per_second": best["ops_per_s"],
                             "avg_query_time_ms": service_ms, "target_utilization": 0.8},
