@@ -1,30 +1,21 @@
 # Your lab file: replace each `raise NotImplementedError("TODO: ...")` with your code,
 # then run `pglab check 10`. (Generated from solutions/lab10_queue_pool.py by `pglab build-labs`.)
-"""Lab 10: `QueuePool` (SQLAlchemy's pool semantics on asyncio) and `ReadWriteRouter`.
-
-`pool_size` connections are kept; up to `max_overflow` more are opened for a burst
-and closed when they come back. Checkout may recycle old connections, pre-ping
-idle ones, fire hooks, and remember who borrowed what, so leaks can be found.
-"""
-
-from __future__ import annotations
+"""Lab 10: `QueuePool`, SQLAlchemy's pool on asyncio: overflow, check-in rollback, recycle, pre-ping, hooks, leaks."""
 
 import asyncio
 import contextlib
-import inspect
 import time
 import traceback
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-Hook = Callable[[Any], Any]  # hook(conn), a plain or an async function
-ConnOp = Callable[[Any], Awaitable[Any]]
+Hook = Callable[[Any], Awaitable[object]]  # `async def hook(conn)`
 
 
 class PoolTimeoutError(TimeoutError):
-    """No connection became available within `pool_timeout`."""
+    """No connection became available within the timeout."""
 
 
 @dataclass(frozen=True)
@@ -39,111 +30,102 @@ class Leak:
 @dataclass(slots=True)
 class _Record:
     conn: Any
-    created_at: float = field(default_factory=time.monotonic)  # for pool_recycle
-    since: float = 0.0  # when it was last checked out
+    created_at: float = field(default_factory=time.monotonic)  # pool_recycle counts from here
+    since: float = 0.0  # the current checkout: a leak's age counts from here
     stack: list[traceback.FrameSummary] | None = None  # who checked it out
 
 
 class QueuePool:
-    """`pool_size` kept connections plus up to `max_overflow` temporary ones (SQLAlchemy's QueuePool)."""
+    """`pool_size` kept connections plus up to `max_overflow` temporary ones (-1: no limit), like SQLAlchemy's.
+
+    `factory()` returns a connection with asyncpg's `is_closed()`, `is_in_transaction()`, `execute()`, `close()`.
+    """
 
     def __init__(
         self, factory: Callable[[], Awaitable[Any]], *, pool_size: int = 5, max_overflow: int = 10,
         pool_timeout: float | None = 30.0, pool_recycle: float = -1, pool_pre_ping: bool = False,
         leak_threshold: float | None = None,
-        ping: ConnOp = lambda conn: conn.fetchval("SELECT 1"),  # defaults for asyncpg; pass your
-        close: ConnOp = lambda conn: conn.close(),  # own to pool any other kind of connection
+        on_connect: Hook | None = None, on_checkout: Hook | None = None, on_checkin: Hook | None = None,
     ) -> None:
-        self.factory, self.ping, self.close_connection = factory, ping, close
-        self.pool_size, self.max_overflow, self.pool_timeout = pool_size, max_overflow, pool_timeout
-        self.pool_recycle, self.pool_pre_ping, self.leak_threshold = pool_recycle, pool_pre_ping, leak_threshold
+        if pool_size < 0 or max_overflow < -1 or pool_size == max_overflow == 0:
+            raise ValueError(f"QueuePool(pool_size={pool_size}, max_overflow={max_overflow}): use pool_size >= 0 and"
+                             " max_overflow >= 0 (or -1: no limit), not both 0 (a pool that never hands out)")
+        self.factory, self.pool_size, self.max_overflow = factory, pool_size, max_overflow
+        self.pool_timeout, self.pool_recycle, self.pool_pre_ping = pool_timeout, pool_recycle, pool_pre_ping
+        self.leak_threshold, self.on_connect = leak_threshold, on_connect  # hooks: async functions of the connection
+        self.on_checkout, self.on_checkin = on_checkout, on_checkin
         self._idle: deque[_Record] = deque()  # FIFO, like SQLAlchemy's default
         self._waiters: deque[asyncio.Future[_Record | None]] = deque()
         self._out: dict[int, _Record] = {}  # id(conn) -> record, for every checked-out connection
         self._size = 0  # open connections, plus slots reserved for ones being opened
-        self._hooks: dict[str, list[Hook]] = {"connect": [], "checkout": [], "checkin": []}
-        self._checkouts = self._errors = 0
-        self._wait_total = self._wait_max = 0.0
         self._closed = False
 
-    def on_connect(self, hook: Hook) -> Hook:
-        """Decorator: `hook(conn)` runs once per new physical connection."""
-        self._hooks["connect"].append(hook)
-        return hook
+    @contextlib.asynccontextmanager
+    async def connection(self, timeout: float | None = None) -> AsyncIterator[Any]:
+        """`async with pool.connection() as conn:` checks in even on error or cancellation."""
+        conn = await self.acquire(timeout)
+        try:
+            yield conn
+        finally:
+            await self.release(conn)
 
-    def on_checkout(self, hook: Hook) -> Hook:
-        """Decorator: `hook(conn)` runs every time a connection is handed out."""
-        self._hooks["checkout"].append(hook)
-        return hook
-
-    def on_checkin(self, hook: Hook) -> Hook:
-        """Decorator: `hook(conn)` runs every time a connection comes back."""
-        self._hooks["checkin"].append(hook)
-        return hook
-
-    async def acquire(self) -> Any:
-        """An idle connection, else a new one while below the limit, else wait (PoolTimeoutError)."""
-        raise NotImplementedError("TODO: implement acquire()")
+    async def acquire(self, timeout: float | None = None) -> Any:
+        """An idle connection, else a new one below the limit, else wait up to `timeout` (default: pool_timeout)."""
+        raise NotImplementedError("TODO: closed: RuntimeError; idle, else a slot below the limit, else _wait(); _ready(); record it")
 
     async def release(self, conn: Any) -> None:
-        """Check a connection in; overflow and dead connections are closed. ValueError if not ours."""
-        raise NotImplementedError("TODO: implement release()")
+        """Check in: roll back, run on_checkin, then hand over, keep or close it. ValueError if not ours."""
+        raise NotImplementedError("TODO: pop from _out (ValueError); if open: ROLLBACK if needed, on_checkin; then keep or close")
 
-    def connection(self) -> _Borrow:
-        """`async with pool.connection() as conn:` checks in even on error or cancellation."""
-        return _Borrow(self)
-
-    async def _wait(self) -> _Record | None:
-        """Queue until a check-in hands over a connection (or a free slot: None)."""
-        raise NotImplementedError("TODO: implement _wait()")
+    async def _wait(self, timeout: float | None) -> _Record | None:
+        """Queue until a check-in hands over a connection (or a free slot: None); PoolTimeoutError after `timeout`."""
+        waiter: asyncio.Future[_Record | None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            return await asyncio.wait_for(waiter, timeout)
+        except BaseException as exc:
+            # Served just as we gave up (timeout or cancellation): pass it on, or it is lost.
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self._give_back(waiter.result())
+            if isinstance(exc, asyncio.TimeoutError):
+                raise PoolTimeoutError(f"QueuePool limit of size {self.pool_size} overflow {self.max_overflow} "
+                                       f"reached, connection timed out, timeout {timeout}") from None
+            raise
+        finally:
+            with contextlib.suppress(ValueError):  # a waiter that gave up leaves the queue
+                self._waiters.remove(waiter)
 
     async def _ready(self, record: _Record | None) -> _Record:
-        """Recycle an old connection, pre-ping an idle one, or open one for a reserved slot."""
-        raise NotImplementedError("TODO: implement _ready()")
+        """Replace an old or dead connection, open one for a reserved slot, run the hooks; free the slot on failure."""
+        raise NotImplementedError("TODO: in one try: recycle, pre-ping, or open + on_connect; on_checkout; on failure free the slot")
 
-    async def _open(self) -> _Record:
-        """Open a physical connection and run the connect hooks on it."""
-        raise NotImplementedError("TODO: implement _open()")
+    async def _alive(self, conn: Any) -> bool:
+        """The pre-ping: free when the driver already saw the connection close, else one round trip."""
+        raise NotImplementedError("TODO: False if is_closed(), else whether `SELECT 1` succeeds (any exception: dead)")
 
-    def _hand_off(self, item: _Record | None) -> bool:
-        """Give a connection (or a free slot: None) to the first live waiter, if any."""
-        raise NotImplementedError("TODO: implement _hand_off()")
-
-    def _check_in(self, record: _Record) -> bool:
-        """Serve a waiter or queue the connection; False means an overflow connection to close."""
-        raise NotImplementedError("TODO: implement _check_in()")
-
-    def _free_slot(self) -> None:
-        """A connection is gone: a waiter may open a new one in its place, else the pool shrinks."""
-        if not self._hand_off(None):
+    def _give_back(self, item: _Record | None) -> None:
+        """To the first live waiter; else a connection goes idle and a free slot (None) shrinks the pool."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():  # skip waiters that timed out or were cancelled
+                return waiter.set_result(item)
+        if item is None:
             self._size -= 1
-
-    def _give_back(self, record: _Record | None) -> None:
-        """Undo a checkout that failed half-way (may leave one idle connection too many)."""
-        if record is None:
-            self._free_slot()
-        elif not self._check_in(record):
-            self._idle.append(record)
+        else:
+            self._idle.append(item)
 
     async def _discard(self, conn: Any) -> None:
-        with contextlib.suppress(Exception):  # it may be dead already
-            await self.close_connection(conn)
+        with contextlib.suppress(Exception):  # it may be dead already, or half-open: don't wait for ever
+            await asyncio.wait_for(conn.close(), 10)
 
     def stats(self) -> dict[str, float]:
-        """size, checked_out, overflow, checked_in, wait_queue, wait_time_avg/_max (s), connection_errors."""
-        raise NotImplementedError("TODO: implement stats()")
-
-    def status(self) -> str:
-        """One line, like SQLAlchemy's `pool.status()`."""
-        s = self.stats()
-        return (
-            f"Pool size: {self.pool_size}  Connections in pool: {s['checked_in']}"
-            f"  Current Overflow: {s['overflow']}  Current Checked out connections: {s['checked_out']}"
-        )
+        """Counts, like SQLAlchemy's status(): size, checked_out, checked_in, overflow, wait_queue."""
+        return {"size": self._size, "checked_out": len(self._out), "checked_in": len(self._idle),
+                "overflow": max(0, self._size - self.pool_size), "wait_queue": sum(not w.done() for w in self._waiters)}
 
     def leaks(self) -> list[Leak]:
         """Checkouts held longer than `leak_threshold`, oldest first, with the acquiring stack."""
-        raise NotImplementedError("TODO: implement leaks()")
+        raise NotImplementedError("TODO: records of _out held longer than leak_threshold (since `since`), oldest first, as Leak")
 
     async def close(self) -> None:
         """Close idle connections now and checked-out ones on check-in; fail the waiters."""
@@ -155,45 +137,3 @@ class QueuePool:
             self._size -= 1
             await self._discard(self._idle.popleft().conn)
 
-
-async def _call(hook: Hook, conn: Any) -> None:
-    if inspect.isawaitable(result := hook(conn)):  # hooks may be plain or async functions
-        await result
-
-
-class _Borrow:
-    """What `QueuePool.connection()` returns; a plain class costs less per checkout than @asynccontextmanager."""
-
-    __slots__ = ("pool", "conn")
-
-    def __init__(self, pool: QueuePool) -> None:
-        self.pool = pool
-
-    async def __aenter__(self) -> Any:
-        self.conn = await self.pool.acquire()
-        return self.conn
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.pool.release(self.conn)
-
-
-class ReadWriteRouter:
-    """Writes go to the primary; reads round-robin over replicas, falling back to the primary."""
-
-    def __init__(self, primary: QueuePool, replicas: Sequence[QueuePool]) -> None:
-        self.primary, self.replicas = primary, list(replicas)
-        self.fallbacks = 0  # reads the primary served because a replica failed
-        self._next = 0
-
-    @contextlib.asynccontextmanager
-    async def connection(self, readonly: bool = False) -> AsyncIterator[Any]:
-        """A connection from the right pool, checked in afterwards."""
-        pool, conn = await self._checkout(readonly)
-        try:
-            yield conn
-        finally:
-            await pool.release(conn)
-
-    async def _checkout(self, readonly: bool) -> tuple[QueuePool, Any]:
-        """The pool to use and a connection from it: a replica in turn for reads, else the primary."""
-        raise NotImplementedError("TODO: implement _checkout()")
