@@ -53,7 +53,7 @@ class DatabasePool:
         # a pool and raises, instead of creating a second one that nobody closes.
         self.pool = pool
         try:
-            await pool  # opens the min_size connections
+            await pool  # opens init_size connections (asyncpg 0.32: min_size unless given)
         except BaseException:
             self.pool = None  # a failed start (bad password, cancellation) leaves nothing behind
             raise
