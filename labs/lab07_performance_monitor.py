@@ -24,6 +24,7 @@ import psutil
 log = logging.getLogger(__name__)
 
 # Rules of the report: each threshold applies to an average over the recent window.
+# The values are the course's choice of warning levels, not a standard.
 NEAR_MAX_UTILIZATION = 0.8  # average in_use / max_size at or above this: the pool is near its max
 UNDER_USED_UTILIZATION = 0.2  # below this: the pool holds connections nobody uses
 HIGH_CPU_PERCENT = 80.0

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 
@@ -53,14 +53,14 @@ class ConnectionHealthMonitor:
             # One deadline for acquire + query: waiting for a free connection
             # counts too, since that is what a request would wait for.
             await asyncio.wait_for(self._ping(), self.timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             error = f"timed out after {self.timeout:g} s: pool exhausted or server not responding"
         except Exception as exc:  # noqa: BLE001 - any failure is a health result, not a crash
             error = f"{type(exc).__name__}: {exc}"
         failures = 0 if error is None else self._status["consecutive_failures"] + 1
         self._status = {
             "status": "healthy" if error is None else "unhealthy",
-            "last_check": datetime.now(timezone.utc),
+            "last_check": datetime.now(UTC),
             "response_time": time.perf_counter() - started,
             "error": error,
             "consecutive_failures": failures,

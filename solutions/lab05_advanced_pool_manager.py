@@ -181,7 +181,7 @@ class AdvancedPoolManager:
         pids = list(self._server_pids)  # closing the pool empties the set
         try:
             await asyncio.wait_for(pool.close(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pool.terminate()
             # terminate() only closes our sockets: a backend busy in a query outlives it. End it too.
             with contextlib.suppress(Exception):

@@ -174,7 +174,7 @@ async def resilient_fetch(pool: Any, query: str, *args: Any, deadline: float = 1
             conn = await pool.acquire(timeout=max(give_up - loop.time(), 0.001))
             try:
                 return await conn.fetch(query, *args, timeout=max(give_up - loop.time(), 0.001))
-            except asyncio.TimeoutError as exc:  # asyncpg has cancelled the query on the server
+            except TimeoutError as exc:  # asyncpg has cancelled the query on the server
                 raise QueryTimeoutError(f"the query ran past the {deadline:g} s deadline") from exc
             finally:
                 # If giving it back fails (the server vanished just after our query), asyncpg
