@@ -41,9 +41,12 @@ setup: $(STAMP)
 # Notebook outputs never enter git: a clean filter of this clone (nbstripout, cell ids kept)
 # strips them whenever git reads a notebook, while your working copy keeps them.
 # Set in .git/config and .git/info/attributes only; skipped unless this folder is a git clone's top.
+# The index is refreshed first, while no filter is set: else git would filter every notebook
+# checked out in the same second as the index (racy entries) on the next `git status`.
 NBSTRIP := "$(abspath $(BIN))/python" -m nbstripout --keep-id
 git-filter:
 	@if [ "$$(git rev-parse --show-toplevel 2>/dev/null)" = "$(CURDIR)" ]; then \
+	  git update-index -q --refresh; \
 	  git config filter.nbstripout.clean '$(NBSTRIP)' && git config filter.nbstripout.smudge cat && \
 	  git config diff.ipynb.textconv '$(NBSTRIP) -t' && \
 	  attributes="$$(git rev-parse --git-path info/attributes)" && mkdir -p "$$(dirname "$$attributes")" && \

@@ -47,29 +47,46 @@ class LabStatus:
 
 
 def record(result: LabResult, root: Path) -> None:
-    """Remember the outcome of `pglab check` for the file as it is now."""
+    """Remember the outcome of `pglab check`; the best result of a lab is kept, not the last.
+
+    A run that says nothing about the learner's code (a broken environment) is never recorded.
+    """
     skeleton = root / result.lab.skeleton
-    if not skeleton.exists():
+    if result.environment is not None or not skeleton.exists():
         return
     data = _load("progress.json")
-    data[result.lab.id] = {"passed": result.passed, "total": result.total,
-                           "sha256": _digest(skeleton), "checked_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    now = {"passed": result.passed, "total": result.total, "sha256": _digest(skeleton),
+           "checked_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    best = _best(data.get(result.lab.id))
+    if best is None or _rank(now) >= _rank(best):
+        best = now
+    data[result.lab.id] = {"best": best, "last": now}
     _save("progress.json", data)
 
 
+def _best(row: dict | None) -> dict | None:
+    """The best run of a record (records written before "best" existed are one run)."""
+    return None if row is None else row.get("best", row)
+
+
+def _rank(run: dict) -> tuple[bool, int]:
+    return run["total"] > 0 and run["passed"] == run["total"], run["passed"]
+
+
 def status_of(lab: Lab, root: Path, records: dict | None = None) -> LabStatus:
-    """not started (file as generated), in progress, or done (last check all green, file unchanged)."""
+    """done (all checks passed once), in progress (with the best result so far), or not started."""
     records = _load("progress.json") if records is None else records
     skeleton, solution = root / lab.skeleton, root / lab.solution
     if not skeleton.exists():
         return LabStatus(lab, MISSING)
+    best = _best(records.get(lab.id))
+    if best is not None and _rank(best)[0]:
+        return LabStatus(lab, DONE, best["passed"], best["total"])
     text = skeleton.read_text()
     if solution.exists() and text == with_header(skeletonize(solution.read_text()), solution.name):
         return LabStatus(lab, NOT_STARTED)
-    last = records.get(lab.id)
-    if last and last["sha256"] == _digest(skeleton):
-        done = last["total"] > 0 and last["passed"] == last["total"]
-        return LabStatus(lab, DONE if done else IN_PROGRESS, last["passed"], last["total"])
+    if best is not None:
+        return LabStatus(lab, IN_PROGRESS, best["passed"], best["total"])
     return LabStatus(lab, IN_PROGRESS)
 
 

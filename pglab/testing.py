@@ -1,26 +1,39 @@
-"""Helpers for the graded checks: bounded awaits with messages a learner can act on."""
+"""Helpers for the graded checks: bounded awaits with messages a learner can act on.
+
+A hang is a reported failure, never a stuck run, and the report names the await
+in the learner's code that was still pending (file, line and source line).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import linecache
+import os
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from pathlib import Path
+from types import FrameType
+from typing import Any, TypeVar
 
 import pytest
+
+from .paths import course_root
 
 T = TypeVar("T")
 
 
 async def within(awaitable: Awaitable[T], seconds: float, what: str) -> T:
-    """Await with a deadline; on expiry fail the check saying what hung.
-
-    A hang is a reported failure, never a stuck run.
-    """
+    """Await with a deadline; on expiry fail the check saying what hung and where."""
     task = asyncio.ensure_future(awaitable)
-    done, _ = await asyncio.wait({task}, timeout=seconds)
-    if not done:  # the awaitable's own TimeoutError, if any, passes through below
+    try:
+        done, _ = await asyncio.wait({task}, timeout=seconds)
+    except BaseException:  # the caller was cancelled: so is what it awaited
         task.cancel()
-        pytest.fail(f"{what} did not finish within {seconds:g} s (does something wait forever?)", pytrace=False)
+        raise
+    if not done:  # the awaitable's own TimeoutError, if any, passes through below
+        where = pending_awaits(task)
+        task.cancel()
+        pytest.fail(f"{what} did not finish within {seconds:g} s (does something wait forever?)"
+                    + describe_pending(where), pytrace=False)
     return task.result()
 
 
@@ -32,3 +45,73 @@ async def eventually(condition: Callable[[], Awaitable[bool]], seconds: float, w
         if loop.time() > deadline:
             pytest.fail(f"{what} (still not true after {seconds:g} s)", pytrace=False)
         await asyncio.sleep(0.05)
+
+
+def learner_folder() -> Path:
+    """The folder of the lab modules under test (`labs/`, `solutions/` or a submission's)."""
+    from .targets import TargetError, target_dir
+
+    try:
+        return target_dir(os.environ.get("PGLAB_TARGET"))
+    except TargetError:
+        return course_root() / "labs"
+
+
+def pending_awaits(first: asyncio.Task[Any] | None = None) -> list[str]:
+    """Where coroutines of the learner's files are suspended now, deepest first per task.
+
+    Follows each task's chain of awaits (`cr_await`) down to the innermost frame in
+    the learner's folder; `first`'s chain is looked at before the other tasks'.
+    """
+    folder = learner_folder()
+    tasks = [first] if first is not None else []
+    tasks += [t for t in asyncio.all_tasks() if t is not first and not t.done()]
+    found: list[str] = []
+    for task in tasks:
+        mine = [f for f in _suspended_frames(task.get_coro()) if is_under(f.f_code.co_filename, folder)]
+        if mine and (line := _describe(mine[-1])) not in found:
+            found.append(line)
+    return found
+
+
+def describe_pending(where: list[str]) -> str:
+    """The lines `pending_awaits` found, as a message tail (empty when there are none)."""
+    if not where:
+        return ""
+    return "\n  still waiting in your code at:\n" + "\n".join(f"    {line}" for line in where[:3])
+
+
+def _suspended_frames(awaitable: object) -> list[FrameType]:
+    """Frames of a suspended coroutine and of everything it awaits, outermost first."""
+    frames = []
+    while awaitable is not None:
+        frame = next((getattr(awaitable, a) for a in ("cr_frame", "gi_frame", "ag_frame")
+                      if getattr(awaitable, a, None) is not None), None)
+        if frame is None:
+            break  # a Future or a C-level awaitable: nothing further to follow
+        frames.append(frame)
+        awaitable = next((getattr(awaitable, a) for a in ("cr_await", "gi_yieldfrom", "ag_await")
+                          if getattr(awaitable, a, None) is not None), None)
+    return frames
+
+
+def is_under(filename: str, folder: Path) -> bool:
+    """True when `filename` is inside `folder` (both resolved)."""
+    try:
+        return Path(filename).resolve().is_relative_to(folder.resolve())
+    except (OSError, ValueError):
+        return False
+
+
+def _describe(frame: FrameType) -> str:
+    filename, line = frame.f_code.co_filename, frame.f_lineno
+    return f"{display_path(filename)}:{line} in {frame.f_code.co_name}: {linecache.getline(filename, line).strip()}"
+
+
+def display_path(filename: str) -> str:
+    """`filename` relative to the course root (e.g. labs/lab01_database_pool.py) when it is inside."""
+    path = Path(filename).resolve()
+    for base in (course_root(), learner_folder().parent):
+        if path.is_relative_to(base.resolve()):
+            return str(path.relative_to(base.resolve()))
+    return str(path)

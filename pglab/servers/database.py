@@ -92,7 +92,7 @@ def _wait_for(dsn: str, timeout: float = 30.0) -> None:
         try:
             asyncio.run(ping())
             return
-        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+        except (TimeoutError, OSError, asyncpg.PostgresError):
             if time.monotonic() > deadline:
                 raise
 

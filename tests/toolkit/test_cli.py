@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from pglab import labgen
 from pglab.cli import app
 from pglab.course import load_course
+from pglab.servers.database import database_url
 
 SOLUTION = '''"""Lab 00: arithmetic."""
 
@@ -63,6 +64,8 @@ def course(tmp_path, monkeypatch) -> Path:
     (tmp_path / "tutorials" / "00-arith.ipynb").write_text("{}")
     (tmp_path / "course.toml").write_text(MANIFEST)
     (tmp_path / "pyproject.toml").write_text('[tool.pytest.ini_options]\naddopts = "-p pglab.pytest_plugin"\n')
+    # The course server of this checkout: `pglab check` probes it (the copy must not start its own).
+    monkeypatch.setenv("DATABASE_URL", database_url())
     monkeypatch.setenv("PGLAB_HOME", str(tmp_path))
     load_course.cache_clear()
     labgen.write(tmp_path)

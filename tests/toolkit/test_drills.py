@@ -136,7 +136,7 @@ async def test_private_server_is_separate_and_restart_keeps_committed_data(serve
 async def _alive(conn: asyncpg.Connection) -> bool:
     try:
         await conn.fetchval("SELECT 1", timeout=5)
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError):
+    except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
         return False
     return True
 
