@@ -13,13 +13,14 @@ ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 TERMINAL_RC := $(abspath $(VENV))/terminal.bashrc
 JUPYTER_TERMINAL := --ServerApp.terminado_settings='{"shell_command": ["bash", "--rcfile", "$(TERMINAL_RC)", "-i"]}'
 
-.PHONY: setup git-filter lab test check progress grade bench db-up db-down clean help
+.PHONY: setup git-filter lab test check progress grade bench mutation db-up db-down clean help
 
 help:
 	@echo "make lab        set up, start PostgreSQL, open JupyterLab at tutorial 00 (ARGS=--no-browser for headless)"
 	@echo "make test       set up, then run every check against the reference solutions, notebooks included"
 	@echo "make check      run the checks of your current lab (LAB=01 for a given lab)"
 	@echo "make grade      grade a learner's repository: make grade SUBMISSION=path/to/repo"
+	@echo "make mutation   course authors: automatic mutation run over the solution regions (long; not in CI)"
 	@echo "make bench      run the benchmark harness; results in bench-results/"
 	@echo "make db-up / db-down   start / stop the course's PostgreSQL server"
 	@echo "make setup      only install .venv (uv, else pip) and the git filter that keeps notebook outputs out of git"
@@ -69,7 +70,7 @@ lab: db-up
 	  $(BIN)/jupyter lab --ServerApp.root_dir=. $(ROOT_FLAG) $(JUPYTER_TERMINAL) $(ARGS) tutorials/00-why-pooling.ipynb
 
 test: db-up
-	$(BIN)/pytest --nbmake tests tutorials workshops
+	$(BIN)/pytest --nbmake tests tutorials workshops $(ARGS)
 
 check: setup
 	$(BIN)/pglab check $(LAB)
@@ -80,6 +81,10 @@ progress: setup
 grade: setup
 	@test -n "$(SUBMISSION)" || (echo "usage: make grade SUBMISSION=path/to/learner/repo" && exit 2)
 	$(BIN)/pglab grade --submission "$(SUBMISSION)" $(ARGS)
+
+mutation: db-up
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-mutation.txt
+	$(BIN)/pglab mutation --out mutation-results $(ARGS)
 
 bench: db-up
 	$(BIN)/pglab bench --out bench-results $(ARGS)
