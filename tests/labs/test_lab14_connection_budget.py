@@ -1,0 +1,297 @@
+"""Checks for lab 14: the connection budget of many worker processes, and timeouts as a system.
+
+The budget checks run real worker processes against a private server of this
+module's own (max_connections = 20, reserved_connections = 2, a role `app` with
+CONNECTION LIMIT 12), so an overrun never touches the shared server. The timeout
+checks set their timeouts per session (server_settings) on the course server, and
+use a freezable proxy (`pglab.proxy`) for the half-open connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import time
+
+import asyncpg
+import pytest
+
+from pglab import drills
+from pglab.proxy import FreezableProxy
+from pglab.servers.dsn import build_dsn
+from pglab.testing import within
+
+MODULE = "lab14_connection_budget"
+MAX_CONNECTIONS, SUPERUSER_RESERVED, RESERVED, ROLE_LIMIT = 20, 3, 2, 12
+WORKERS, SURGE = 2, 2  # a rolling deploy starts 2 new workers while the 2 old ones still run
+
+
+class Budgeted:
+    """The private server, its superuser DSN and the `app` role's DSN."""
+
+    def __init__(self, server: drills.PrivateServer, app_dsn: str) -> None:
+        self.server, self.admin_dsn, self.app_dsn = server, server.dsn, app_dsn
+
+    def app_backends(self) -> int:
+        """Backends of role `app` right now (psql: these checks are synchronous, as a deploy is)."""
+        port = server_port(self.server)
+        return int(self.server.embedded.psql(port, "pglab", "SELECT count(*) FROM pg_stat_activity"
+                                                            " WHERE usename = 'app'").strip())
+
+    def wait_no_app_backends(self, seconds: float = 20) -> None:
+        deadline = time.monotonic() + seconds
+        while self.app_backends():
+            if time.monotonic() > deadline:
+                pytest.fail(f"role app still has {self.app_backends()} backends {seconds:g} s after Fleet.close(): "
+                            "do the workers close their pools and exit?", pytrace=False)
+            time.sleep(0.1)
+
+
+def server_port(server: drills.PrivateServer) -> int:
+    port = server.embedded.status().port
+    assert port is not None
+    return port
+
+
+@pytest.fixture(scope="module")
+def budgeted():
+    """A private server with a small, known budget, and a non-superuser role `app` capped at 12."""
+    if reason := drills.private_server_unavailable():
+        pytest.skip(reason)
+    with drills.PrivateServer() as server:  # own temporary folder: pytest may prune its tmp dirs
+        port, password = server_port(server), secrets.token_urlsafe(12)
+        for sql in (f"ALTER SYSTEM SET max_connections = {MAX_CONNECTIONS}",
+                    f"ALTER SYSTEM SET superuser_reserved_connections = {SUPERUSER_RESERVED}",
+                    f"ALTER SYSTEM SET reserved_connections = {RESERVED}",
+                    f"CREATE ROLE app LOGIN PASSWORD '{password}' CONNECTION LIMIT {ROLE_LIMIT}"):
+            server.embedded.psql(port, "pglab", sql)
+        server.embedded.restart()  # max_connections needs a restart
+        yield Budgeted(server, build_dsn("127.0.0.1", server_port(server), password, user="app"))
+
+
+def expect_reports(reports, workers: int, what: str) -> None:
+    assert isinstance(reports, list) and len(reports) == workers, (
+        f"{what}: Fleet.start() should return one WorkerReport per worker ({workers}), got {reports!r}")
+
+
+# -- the budget ----------------------------------------------------------------------
+async def test_read_budget_reports_the_slots_and_the_role_limit(lab, budgeted):
+    conn = await within(asyncpg.connect(budgeted.admin_dsn), 15, "connect to the private server")
+    try:
+        got = await within(lab.read_budget(conn, "app"), 10, "read_budget(conn, 'app')")
+        assert got == lab.ServerBudget(MAX_CONNECTIONS, SUPERUSER_RESERVED, RESERVED, ROLE_LIMIT), (
+            f"the server has max_connections={MAX_CONNECTIONS}, superuser_reserved_connections={SUPERUSER_RESERVED}, "
+            f"reserved_connections={RESERVED} and role app has CONNECTION LIMIT {ROLE_LIMIT}; read_budget gave {got}")
+        unlimited = await within(lab.read_budget(conn, "pglab"), 10, "read_budget(conn, 'pglab')")
+        assert unlimited.role_limit is None, (
+            f"role pglab has no CONNECTION LIMIT (rolconnlimit = -1): role_limit should be None, got "
+            f"{unlimited.role_limit!r}")
+        with pytest.raises(ValueError, match="nobody"):
+            await within(lab.read_budget(conn, "nobody"), 10, "read_budget(conn, 'nobody')")
+    finally:
+        conn.terminate()
+
+
+def test_usable_connections_take_the_reserved_slots_and_the_role_limit_off(lab):
+    cases = [((20, 3, 2, 12), 12), ((20, 3, 2, None), 15), ((20, 3, 2, 100), 15), ((100, 3, 0, 50), 50),
+             ((100, 10, 5, None), 85)]
+    for args, usable in cases:
+        budget = lab.ServerBudget(*args)
+        got = lab.usable_connections(budget)
+        assert got == usable, (f"{budget}: an ordinary role can open max_connections - superuser_reserved - "
+                               f"reserved, at most its CONNECTION LIMIT = {usable}; got {got}")
+
+
+def test_pool_size_per_worker_fits_a_rolling_deploy(lab):
+    cases = [((12, 2, 2, 0), 3), ((12, 2, 0, 0), 6), ((100, 4, 4, 4), 12), ((12, 2, 2, 1), 2), ((13, 2, 2, 0), 3)]
+    for (usable, workers, surge, headroom), size in cases:
+        got = lab.pool_size_per_worker(usable, workers, surge=surge, headroom=headroom)
+        assert got == size, (f"{workers} workers + {surge} during a deploy, {headroom} kept for admin, in "
+                             f"{usable} connections: max_size {size} (rounded down), got {got}")
+    with pytest.raises(ValueError, match="PgBouncer"):
+        lab.pool_size_per_worker(3, 2, surge=2)
+    for bad in ((12, 0, 0), (12, 2, -1)):
+        with pytest.raises(ValueError):
+            lab.pool_size_per_worker(bad[0], bad[1], surge=bad[2])
+
+
+def test_a_fleet_of_worker_processes_holds_its_pools_on_the_server(lab, budgeted):
+    fleet = lab.Fleet(budgeted.app_dsn, WORKERS, 3)
+    try:
+        reports = fleet.start(timeout=60)
+        expect_reports(reports, WORKERS, "2 workers with pools of 3")
+        assert all(r.error is None and r.opened == 3 for r in reports), f"every worker should hold 3: {reports}"
+        pids = {r.pid for r in reports}
+        assert len(pids) == WORKERS and os.getpid() not in pids, (
+            f"each worker is a process of its own; report pids {pids}, this process is {os.getpid()}")
+        held = budgeted.app_backends()
+        assert held == 6, f"2 workers x 3 connections should show 6 backends of role app on the server, saw {held}"
+    finally:
+        fleet.close()
+    budgeted.wait_no_app_backends()
+
+
+def test_a_rolling_deploy_overruns_the_naive_budget_and_fits_the_planned_one(lab, budgeted):
+    usable = ROLE_LIMIT
+    naive, planned = usable // WORKERS, lab.pool_size_per_worker(usable, WORKERS, surge=SURGE)
+    outcome = {}
+    for name, size in (("naive", naive), ("planned", planned)):
+        old, new = lab.Fleet(budgeted.app_dsn, WORKERS, size), lab.Fleet(budgeted.app_dsn, WORKERS, size)
+        try:
+            reports = old.start(timeout=60) + new.start(timeout=60)
+            expect_reports(reports, 2 * WORKERS, f"old + new workers with pools of {size}")
+            outcome[name] = (sum(r.opened for r in reports), [r.error for r in reports if r.error], reports,
+                             budgeted.app_backends())
+        finally:
+            new.close()
+            old.close()
+        budgeted.wait_no_app_backends()
+    opened, errors, reports, backends = outcome["naive"]
+    print(f"rolling deploy, naive max_size {naive}: asked {2 * WORKERS * naive}, opened {opened}, "
+          f"{len(errors)} workers refused; planned max_size {planned}: opened {outcome['planned'][0]}")
+    assert opened == backends == usable and errors and all("TooManyConnections" in e for e in errors), (
+        f"4 workers x {naive} = {4 * naive} connections overrun the role's {usable}: the server opens {usable} and "
+        f"refuses the rest with TooManyConnectionsError, and the reports must say so (opened = what the worker "
+        f"really holds, error = the exception); reports: {reports}, backends seen: {backends}")
+    opened, errors, reports, backends = outcome["planned"]
+    assert not errors and opened == backends == 2 * WORKERS * planned <= usable, (
+        f"with max_size {planned} old and new workers together fit in {usable}; reports: {reports}")
+
+
+# -- timeouts as a system ------------------------------------------------------------
+def test_the_timeout_budget_rejects_timeouts_in_the_wrong_order(lab):
+    lab.TimeoutBudget().validate()  # the defaults fit together
+    wrong = {"lock": {"lock": 3.0}, "statement": {"statement": 2.5}, "transaction": {"transaction": 1.5},
+             "request": {"acquire": 1.0, "command": 4.5}, "connect": {"connect": 1.5},
+             "positive": {"lock": 0.0}}
+    for says, change in wrong.items():
+        with pytest.raises(ValueError, match=says):
+            lab.TimeoutBudget(**change).validate()
+
+
+def test_pool_options_carry_the_client_and_the_server_timeouts(lab):
+    options = lab.TimeoutBudget(connect=0.5, acquire=0.75, lock=0.25, statement=1.5, command=2.0,
+                                transaction=3.0, idle_in_transaction=10.0, request=4.0).pool_options()
+    assert options == {"timeout": 0.5, "command_timeout": 2.0, "server_settings": {
+        "lock_timeout": "250ms", "statement_timeout": "1500ms", "transaction_timeout": "3000ms",
+        "idle_in_transaction_session_timeout": "10000ms"}}, f"pool_options() gave {options}"
+    with pytest.raises(ValueError):
+        lab.TimeoutBudget(statement=5.0).pool_options()
+
+
+@pytest.fixture
+async def budget_pool(dsn, lab):
+    """`await budget_pool(budget, via=None, max_size=2)`: a pool with the budget's options, terminated afterwards."""
+    pools = []
+
+    async def make(budget, *, server_dsn: str | None = None, max_size: int = 2, min_size: int = 0):
+        pool = await within(asyncpg.create_pool(server_dsn or dsn, min_size=min_size, max_size=max_size,
+                                                **budget.pool_options()), 15, "create_pool(**pool_options())")
+        pools.append(pool)
+        return pool
+
+    yield make
+    for pool in pools:
+        pool.terminate()
+
+
+async def layer_of(lab, awaitable, what: str, seconds: float = 10) -> tuple[BaseException, str]:
+    try:
+        await within(awaitable, seconds, what)
+    except Exception as exc:  # the timeout error under test
+        return exc, lab.timeout_layer(exc)
+    pytest.fail(f"{what} should have failed with a timeout error, it succeeded", pytrace=False)
+
+
+async def test_statement_timeout_is_cancelled_by_the_server(lab, budget_pool):
+    pool = await budget_pool(lab.TimeoutBudget(lock=0.1, statement=0.3))
+    assert await within(pool.fetchval("SHOW statement_timeout"), 10, "SHOW") == "300ms", "statement_timeout not set"
+    exc, layer = await layer_of(lab, pool.fetchval("SELECT pg_sleep(5)"), "SELECT pg_sleep(5)")
+    assert isinstance(exc, asyncpg.QueryCanceledError) and layer == "statement_timeout", (
+        f"past statement_timeout the server cancels the query: QueryCanceledError -> 'statement_timeout'; "
+        f"got {type(exc).__name__} -> {layer!r}")
+
+
+async def test_lock_timeout_gives_up_waiting_for_a_lock(lab, budget_pool, dsn, table_name):
+    holder = await within(asyncpg.connect(dsn), 15, "connect")
+    try:
+        await holder.execute(f"CREATE TABLE {table_name} (id int)")
+        pool = await budget_pool(lab.TimeoutBudget(lock=0.2))
+        async with holder.transaction():
+            await holder.execute(f"LOCK TABLE {table_name} IN ACCESS EXCLUSIVE MODE")
+            exc, layer = await layer_of(lab, pool.fetch(f"SELECT * FROM {table_name}"), "a read of a locked table")
+        assert isinstance(exc, asyncpg.LockNotAvailableError) and layer == "lock_timeout", (
+            f"a lock wait past lock_timeout raises LockNotAvailableError -> 'lock_timeout'; "
+            f"got {type(exc).__name__} -> {layer!r}")
+    finally:
+        await holder.execute(f"DROP TABLE IF EXISTS {table_name}")
+        holder.terminate()
+
+
+async def test_transaction_timeout_ends_a_long_transaction(lab, budget_pool):
+    pool = await budget_pool(lab.TimeoutBudget(lock=0.1, statement=0.4, transaction=0.6, command=1.0, acquire=0.5,
+                                               connect=0.3))
+    async with pool.acquire() as conn:
+        if conn.get_server_version().major < 17:
+            pytest.skip("transaction_timeout needs PostgreSQL 17+")
+
+        async def many_short_statements() -> None:
+            await conn.execute("BEGIN")  # no transaction() block: its exit would mask the error
+            for _ in range(20):
+                await conn.execute("SELECT pg_sleep(0.1)")  # each well under statement_timeout
+
+        exc, layer = await layer_of(lab, many_short_statements(), "a transaction of 20 x 0.1 s")
+    assert layer == "transaction_timeout", (
+        f"the server ends the session past transaction_timeout; asyncpg raises {type(exc).__name__}: {exc}, "
+        f"which timeout_layer() should name 'transaction_timeout', got {layer!r}")
+
+
+async def test_idle_in_transaction_timeout_closes_the_session(lab, dsn):
+    options = lab.TimeoutBudget(idle_in_transaction=0.3).pool_options()
+    # One connection, no pool: a pool detaches a connection the server closed, and the next
+    # call says "released back to the pool" instead.
+    conn = await within(asyncpg.connect(dsn, server_settings=options["server_settings"]), 10, "connect")
+    try:
+        await conn.execute("BEGIN")
+        await asyncio.sleep(1.0)  # idle in a transaction: the server hangs up at 0.3 s
+        exc, layer = await layer_of(lab, conn.fetchval("SELECT 1"), "a query after idling in a transaction")
+    finally:
+        conn.terminate()
+    assert layer == "connection lost", (
+        f"the server ended the idle session; asyncpg says {type(exc).__name__}: {exc} on the next query, which "
+        f"timeout_layer() should call 'connection lost' (only the server log names the timeout); got {layer!r}")
+
+
+async def test_an_exhausted_pool_fails_at_the_acquire_timeout(lab, budget_pool):
+    budget = lab.TimeoutBudget(connect=0.2, acquire=0.3)
+    pool = await budget_pool(budget, max_size=1)
+    async with pool.acquire():
+        # The request deadline is 5 s: a 0.3 s acquire timeout must fire well before it.
+        exc, layer = await layer_of(lab, lab.fetch_within(pool, budget, "SELECT 1"),
+                                    "fetch_within() on a full pool with acquire=0.3 (is the acquire bounded?)", 3)
+    assert isinstance(exc, TimeoutError) and layer == "client", (
+        f"a full pool fails after the acquire timeout with TimeoutError -> 'client'; got {type(exc).__name__} "
+        f"-> {layer!r}")
+    assert await within(lab.fetch_within(pool, budget, "SELECT 7 AS n"), 10, "fetch_within()") == [(7,)], (
+        "fetch_within() should return the query's rows")
+
+
+async def test_a_half_open_connection_is_bounded_by_the_client_timeouts(lab, budget_pool, dsn):
+    budget = lab.TimeoutBudget(connect=0.3, acquire=0.5, lock=0.1, statement=0.4, command=0.8)
+    with FreezableProxy.for_dsn(dsn) as proxy:
+        pool = await budget_pool(budget, server_dsn=proxy.dsn(dsn), min_size=1)
+        proxy.freeze()  # no FIN, no RST: the server's answer (even its own timeout error) never arrives
+        exc, layer = await layer_of(lab, pool.fetchval("SELECT 1"), "a query through a frozen network path")
+        assert isinstance(exc, TimeoutError) and layer == "client", (
+            f"only command_timeout can end a query whose connection went silent: TimeoutError -> 'client'; "
+            f"got {type(exc).__name__} -> {layer!r}")
+        exc, layer = await layer_of(lab, asyncpg.connect(proxy.dsn(dsn), timeout=budget.pool_options()["timeout"]),
+                                    "a connect through a frozen network path")
+        assert isinstance(exc, TimeoutError) and layer == "client", (
+            f"a connect that gets no answer ends at the connect timeout: TimeoutError; got {type(exc).__name__}")
+
+
+def test_timeout_layer_calls_other_errors_other(lab):
+    for exc in (ValueError("bug"), asyncpg.UniqueViolationError("duplicate key"), ConnectionRefusedError(111, "no")):
+        assert lab.timeout_layer(exc) == "other", f"{type(exc).__name__} is no timeout: 'other'"
