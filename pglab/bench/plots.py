@@ -58,15 +58,15 @@ def draw_comparisons(axes: Any, results: dict[str, Any]) -> None:
     lat_ax.barh(ypos, [r["p99_ms"] or r.get("latency_avg_ms") or 0 for *_, r in rows],
                 color=[colours[t] for t, _, _ in rows])
     lat_ax.set_xscale("log")
-    lat_ax.set_xlabel("p99 latency, ms (log scale; pgbench: its average)")
+    lat_ax.set_xlabel("p99 latency, ms (log scale)\npgbench: its average; pipeline: per batch")
     # Decades only: minor tick labels collide on an axis this narrow.
     from matplotlib.ticker import NullFormatter
 
     lat_ax.xaxis.set_minor_formatter(NullFormatter())
     lat_ax.set_yticks(ypos, [""] * len(ypos))
     handles = [ops_ax.bar(0, 0, color=colours[t], label=t) for t in titles]
-    ops_ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.12),
-                  ncol=len(titles), fontsize=8)
+    # In the figure's margin, in rows of four: inside an axes it would cover bars.
+    ops_ax.figure.legend(handles=handles, loc="outside lower center", ncol=4, fontsize=8)
 
 
 def draw_sweep(ax: Any, sweep: dict[str, Any]) -> None:
@@ -133,8 +133,8 @@ def write(results: dict[str, Any], out: Path) -> list[Path]:
     written = [out / "results.json"]
     written[0].write_text(json.dumps(results, indent=2) + "\n")
     if bars(results):
-        fig = Figure(figsize=(12, 0.45 * len(bars(results)) + 1.5), layout="constrained")
-        draw_comparisons(fig.subplots(1, 2, width_ratios=[3, 1]), results)
+        fig = Figure(figsize=(13, 0.42 * len(bars(results)) + 2.2), layout="constrained")
+        draw_comparisons(fig.subplots(1, 2, width_ratios=[2.2, 1]), results)
         written.append(_save(fig, out / "comparisons.png"))
     if "rows" in results.get("pool_size_sweep", {}):
         fig = Figure(figsize=(8, 4.5), layout="constrained")

@@ -55,6 +55,14 @@ def markdown(results: dict[str, Any]) -> str:
                   "|---|" + "---:|" * len(sweep),
                   "| ops/s | " + " | ".join(_num(r["ops_per_s"], 0) for r in sweep) + " |",
                   "| p95 ms | " + " | ".join(_num(r["p95_ms"], 1) for r in sweep) + " |"]
+        workload, marks = results["pool_size_sweep"].get("workload", ""), results["pool_size_sweep"].get("formulas")
+        if marks and "littles_law" in marks:
+            law, hikari = marks["littles_law"], marks["hikari"]
+            lines += ["", f"Workload: {workload}. Lab 06 on these measurements: Little's law "
+                          f"({_num(law['requests_per_second'], 0)} ops/s × {law['avg_query_time_ms']} ms, utilisation "
+                          f"{law['target_utilization']}) → max_size **{law['max_size']}**; HikariCP "
+                          f"({hikari['core_count']} cores × 2 + 1) → **{hikari['size']}**; best measured size: "
+                          f"**{marks['best_measured_size']}**."]
     if batch := results.get("batch", {}).get("rows"):
         lines += ["", "Batch inserts: " + "; ".join(f"{r['method']} **{_num(r['rows_per_s'], 0)} rows/s**"
                                                      for r in batch) + "."]
