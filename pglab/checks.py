@@ -1,7 +1,8 @@
 """Run a lab's graded checks in a subprocess and read the per-test results.
 
-One mechanism serves `pglab check`, `pglab watch`, `pglab verify-checks` and
-`pglab grade`: pytest with the course plugin's `--pglab-report` JSON. The
+One mechanism serves `pglab check`, `pglab watch`, `pglab verify-checks` and the
+mutants: pytest with the course plugin's `--pglab-report` JSON (`pglab grade` has a
+collector of its own that lab code cannot write to). The
 database is probed first: a broken environment is reported as such (exit code
 `ENVIRONMENT_BROKEN`, nothing recorded), never as a pass or as the learner's fault.
 """
