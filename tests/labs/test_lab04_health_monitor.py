@@ -198,12 +198,14 @@ async def test_start_is_idempotent_and_stop_leaves_no_task_pending(lab, pool):
 
 
 class SlowRelease:
-    """Lab 01's pool, but giving a connection back takes 0.3 s (as asyncpg does after a
-    cancelled query): a monitor stopped mid-check is still finishing when stop is cancelled."""
+    """Lab 01's pool, but giving a connection back waits until the test says so (as asyncpg's
+    release waits for its reset), and finishes even when cancelled: a monitor stopped
+    mid-check is still finishing when its stop is cancelled, however slow the machine."""
 
     def __init__(self, pool) -> None:
         self.pool = pool
         self.checking = asyncio.Event()
+        self.may_release = asyncio.Event()
 
     def get_pool_stats(self) -> dict[str, int]:
         return self.pool.get_pool_stats()
@@ -215,7 +217,19 @@ class SlowRelease:
             try:
                 yield conn
             finally:
-                await asyncio.sleep(0.3)
+                await self._release_slowly()
+
+    async def _release_slowly(self) -> None:
+        cancelled = False
+        while not self.may_release.is_set():
+            try:
+                await asyncio.wait_for(self.may_release.wait(), 10)
+            except asyncio.CancelledError:
+                cancelled = True  # finish the release first, then let the cancellation through
+            except TimeoutError:
+                break
+        if cancelled:
+            raise asyncio.CancelledError
 
 
 async def test_stop_monitoring_lets_its_callers_cancellation_through(lab, pool):
@@ -226,6 +240,8 @@ async def test_stop_monitoring_lets_its_callers_cancellation_through(lab, pool):
     caller = asyncio.ensure_future(monitor.stop_monitoring())  # e.g. a shutdown handler
     await asyncio.sleep(0.05)  # stop_monitoring() has cancelled the loop and waits for it to finish
     caller.cancel()  # ... when the shutdown itself is cancelled
+    await asyncio.sleep(0.05)
+    slow.may_release.set()  # the check's clean-up may now finish
     await within(asyncio.wait([caller]), 5, "the cancelled stop_monitoring()")
     assert caller.cancelled(), (
         "stop_monitoring() was cancelled while it waited for the loop, yet it returned normally: the caller's "

@@ -56,6 +56,7 @@ async def test_each_pool_serves_a_query(opened, kind):
             f"{pool.name}: `scalar(conn, 'SELECT 41 + 1')` should return 42"
 
 
+@pytest.mark.deadline(40)
 @pytest.mark.parametrize("kind", KINDS)
 async def test_an_exhausted_pool_says_no_within_the_acquire_timeout(opened, kind):
     pool, req = await opened(kind)
@@ -65,6 +66,7 @@ async def test_an_exhausted_pool_says_no_within_the_acquire_timeout(opened, kind
                         "pass it to every acquire)")
 
 
+@pytest.mark.deadline(40)
 @pytest.mark.parametrize("kind", KINDS)
 async def test_a_backend_killed_while_idle_is_never_lent(opened, kind, dsn):
     pool, _ = await opened(kind)
@@ -72,6 +74,7 @@ async def test_a_backend_killed_while_idle_is_never_lent(opened, kind, dsn):
     assert outcome.ok, f"{pool.name}: {outcome.detail}: validate connections at checkout (check / pre-ping)"
 
 
+@pytest.mark.deadline(40)
 @pytest.mark.parametrize("kind", KINDS)
 async def test_a_connection_returned_in_a_transaction_is_cleaned(opened, kind, dsn):
     pool, _ = await opened(kind)
@@ -79,6 +82,7 @@ async def test_a_connection_returned_in_a_transaction_is_cleaned(opened, kind, d
     assert outcome.ok, f"{pool.name}: {outcome.detail}"
 
 
+@pytest.mark.deadline(60)
 @pytest.mark.parametrize("kind", KINDS)
 async def test_1000_cancellations_leak_no_connection(opened, kind):
     pool, req = await opened(kind)
@@ -86,6 +90,7 @@ async def test_1000_cancellations_leak_no_connection(opened, kind):
     assert outcome.ok, f"{pool.name}: {outcome.detail}"
 
 
+@pytest.mark.deadline(40)
 @pytest.mark.parametrize("kind", ["psycopg", "sqlalchemy", "lab09"])  # asyncpg has no lifetime setting
 async def test_connections_are_recycled_after_max_lifetime(opened, kind):
     pool, req = await opened(kind, max_lifetime=1.0)
@@ -101,6 +106,7 @@ def private_server():
         yield server
 
 
+@pytest.mark.deadline(90)
 @pytest.mark.parametrize("kind", KINDS)
 async def test_each_pool_recovers_from_a_server_restart(opened, kind, private_server):
     pool, _ = await opened(kind, private_server.dsn)
@@ -119,9 +125,12 @@ def bouncer_dsn(dsn):
 
 
 @pytest.mark.pgbouncer
+@pytest.mark.deadline(90)
 @pytest.mark.parametrize("kind", KINDS)
 async def test_each_pool_works_through_transaction_mode_pgbouncer(opened, kind, bouncer_dsn):
-    pool, _ = await opened(kind, bouncer_dsn, behind_pgbouncer=True)
+    # A generous acquire timeout: 200 queries queue for 3 connections, and this check is about
+    # prepared statements, not speed.
+    pool, _ = await opened(kind, bouncer_dsn, behind_pgbouncer=True, acquire_timeout=30.0)
     failures: list[BaseException] = []
 
     async def query(i: int) -> None:
