@@ -75,7 +75,10 @@ def command(work: Path, tmp_mib: int, env: dict[str, str], argv: list[str]) -> l
     for _, stage in mounts:
         stage.mkdir(parents=True, mode=0o755)
     args = [*_drop_root(mounts), BWRAP, *_NAMESPACES, "--die-with-parent", "--new-session", "--disable-userns",
-            "--hostname", "pglab-grade", "--proc", "/proc", "--dev", "/dev"]
+            "--hostname", "pglab-grade", "--proc", "/proc", "--dev", "/dev",
+            # The private /tmp first: binds made after it stay visible, so a course or a
+            # virtual environment that lives under /tmp (a CI checkout) is still there.
+            "--size", str(tmp_mib << 20), "--tmpfs", "/tmp"]
     for path in _SYSTEM:
         if os.path.lexists(path):
             args += ["--symlink", os.readlink(path), path] if os.path.islink(path) else ["--ro-bind", path, path]
@@ -86,7 +89,7 @@ def command(work: Path, tmp_mib: int, env: dict[str, str], argv: list[str]) -> l
         args += ["--ro-bind", str(stage if _as_root() else path), str(path)]
     args += ["--ro-bind", str(work / "course"), COURSE, "--tmpfs", f"{COURSE}/.pglab",
              "--ro-bind", str(work / "submission"), SUBMISSION, "--ro-bind", str(work / "sock"), SOCKET_DIR,
-             "--size", str(tmp_mib << 20), "--tmpfs", "/tmp", "--chdir", COURSE, "--clearenv"]
+             "--chdir", COURSE, "--clearenv"]
     for key, value in env.items():
         args += ["--setenv", key, value]
     return [*args, "--", *argv]
