@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from mini_course import mini_course
 from typer.testing import CliRunner
 
-from pglab import labgen
 from pglab.cli import app
-from pglab.course import load_course
-from pglab.servers.database import database_url
 
 SOLUTION = '''"""Lab 00: arithmetic."""
 
@@ -55,22 +54,11 @@ hints = ["first hint", "second hint"]
 
 
 @pytest.fixture
-def course(tmp_path, monkeypatch) -> Path:
-    (tmp_path / "solutions").mkdir()
-    (tmp_path / "solutions" / "lab00_arith.py").write_text(SOLUTION)
-    (tmp_path / "tests" / "labs").mkdir(parents=True)
-    (tmp_path / "tests" / "labs" / "test_lab00_arith.py").write_text(TESTS)
-    (tmp_path / "tutorials").mkdir()
-    (tmp_path / "tutorials" / "00-arith.ipynb").write_text("{}")
-    (tmp_path / "course.toml").write_text(MANIFEST)
-    (tmp_path / "pyproject.toml").write_text('[tool.pytest.ini_options]\naddopts = "-p pglab.pytest_plugin"\n')
-    # The course server of this checkout: `pglab check` probes it (the copy must not start its own).
-    monkeypatch.setenv("DATABASE_URL", database_url())
-    monkeypatch.setenv("PGLAB_HOME", str(tmp_path))
-    load_course.cache_clear()
-    labgen.write(tmp_path)
-    yield tmp_path
-    load_course.cache_clear()
+def course(tmp_path, monkeypatch) -> Iterator[Path]:
+    yield from mini_course(tmp_path, monkeypatch, {
+        "solutions/lab00_arith.py": SOLUTION, "tests/labs/test_lab00_arith.py": TESTS,
+        "tutorials/00-arith.ipynb": "{}", "course.toml": MANIFEST,
+        "pyproject.toml": '[tool.pytest.ini_options]\naddopts = "-p pglab.pytest_plugin"\n'})
 
 
 def run(*args: str, input: str | None = None):

@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from mini_course import mini_course
 from typer.testing import CliRunner
 
 from pglab import labgen, progress
@@ -21,7 +23,6 @@ from pglab.checks import ENVIRONMENT_BROKEN, LabResult, run_checks
 from pglab.checks import TestResult as Row
 from pglab.cli import app
 from pglab.course import load_course
-from pglab.servers.database import database_url
 
 SOLUTION = '''"""Lab 00: a box."""
 
@@ -100,24 +101,13 @@ asyncio_default_fixture_loop_scope = "function"
 
 
 @pytest.fixture
-def course(tmp_path, monkeypatch) -> Path:
-    for module in ("lab00_box", "lab01_box"):
-        (tmp_path / "solutions").mkdir(exist_ok=True)
-        (tmp_path / "solutions" / f"{module}.py").write_text(SOLUTION)
-        (tmp_path / "tests" / "labs").mkdir(parents=True, exist_ok=True)
-        (tmp_path / "tests" / "labs" / f"test_{module}.py").write_text(TESTS.replace("lab00_box", module))
-    (tmp_path / "tutorials").mkdir()
-    for name in ("00-box", "01-box"):
-        (tmp_path / "tutorials" / f"{name}.ipynb").write_text("{}")
-    (tmp_path / "course.toml").write_text(MANIFEST)
-    (tmp_path / "pyproject.toml").write_text(PYPROJECT)
-    # The course server of this checkout: `pglab check` probes it (the copy must not start its own).
-    monkeypatch.setenv("DATABASE_URL", database_url())
-    monkeypatch.setenv("PGLAB_HOME", str(tmp_path))
-    load_course.cache_clear()
-    labgen.write(tmp_path)
-    yield tmp_path
-    load_course.cache_clear()
+def course(tmp_path, monkeypatch) -> Iterator[Path]:
+    files = {"course.toml": MANIFEST, "pyproject.toml": PYPROJECT}
+    for n, module in enumerate(("lab00_box", "lab01_box")):
+        files[f"solutions/{module}.py"] = SOLUTION
+        files[f"tests/labs/test_{module}.py"] = TESTS.replace("lab00_box", module)
+        files[f"tutorials/0{n}-box.ipynb"] = "{}"
+    yield from mini_course(tmp_path, monkeypatch, files)
 
 
 def run(*args: str, input: str | None = None):
