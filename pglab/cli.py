@@ -351,6 +351,9 @@ def _verify_mutants(course: Course, labs: list[Lab], jobs: int) -> int:
         verdicts, problems = verify_mutants(course, labs, jobs)
     for problem in problems:
         err.print(f"[red]mutants[/] {problem}")
+    for v in verdicts:  # the record of which check catches which mistake
+        if v.killed:
+            console.print(f"lab {v.lab.id} mutant {v.mutant.name}: caught by {v.killed_by[0]}", highlight=False)
     survivors = [v for v in verdicts if not v.killed]
     for v in survivors:
         why = v.error or "no check failed"
