@@ -1,65 +1,18 @@
 # Your lab file: replace each `raise NotImplementedError("TODO: ...")` with your code,
 # then run `pglab check 09`. (Generated from solutions/lab09_connection_pool.py by `pglab build-labs`.)
-"""Lab 09: `ConnectionPool` from scratch, after asyncpg's pool.py and psycopg_pool: a count of
-slots, a stack of idle connections and a FIFO queue of waiters served by direct hand-off."""
+"""Lab 09, part 2: `ConnectionPool` from scratch, after asyncpg's pool.py and psycopg_pool: a count
+of slots, a stack of idle connections and a FIFO queue of waiters served by direct hand-off."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field, fields
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic
 
-C = TypeVar("C")  # any connection with is_closed(), is_in_transaction(), execute() and close()
-MAX_RECONNECT_DELAY = 10.0  # seconds: the longest pause between refills while the server is down
-COUNTERS = ("requests_num", "requests_wait_ms", "requests_errors", "connections_num",
-            "connections_errors", "connections_lost", "returns_bad")
-
-
-class PoolTimeoutError(TimeoutError):
-    """No connection could be lent within the acquire timeout."""
-
-
-class PoolClosedError(RuntimeError):
-    """The pool is closed: no more connections are handed out."""
-
-
-@dataclass(frozen=True)
-class PoolConfig:
-    """Sizes and times (seconds) of a pool; a bad value raises ValueError naming the field."""
-
-    max_size: int = 10
-    min_size: int = 1
-    max_idle_time: float = 300.0
-    acquire_timeout: float = 30.0
-    max_lifetime: float = 3600.0  # each connection retires up to 10 % earlier (jitter)
-    cleanup_interval: float = 60.0
-    reconnect_delay: float = 0.5  # first pause after a failed refill; doubles up to MAX_RECONNECT_DELAY
-
-    def __post_init__(self) -> None:
-        raise NotImplementedError("TODO: implement __post_init__()")
-
-
-@dataclass(eq=False)  # identity equality and hash: two wrappers are never "the same" connection
-class PooledConnection(Generic[C]):
-    """A connection plus the bookkeeping the pool needs."""
-
-    connection: C
-    lifetime: float = float("inf")  # seconds this connection may live
-    created_at: float = field(default_factory=time.monotonic)
-    last_used_at: float = field(default_factory=time.monotonic)
-
-    def is_expired(self) -> bool:
-        """True once the connection has lived `lifetime` seconds."""
-        raise NotImplementedError("TODO: implement is_expired()")
-
-    def idle_time(self) -> float:
-        """Seconds since the connection was opened or last given back."""
-        raise NotImplementedError("TODO: implement idle_time()")
+from lab09_base import COUNTERS, MAX_RECONNECT_DELAY, C, PoolClosedError, PoolConfig, PooledConnection, PoolTimeoutError
 
 
 class ConnectionPool(Generic[C]):
@@ -104,8 +57,7 @@ class ConnectionPool(Generic[C]):
         raise NotImplementedError("TODO: implement stats()")
 
     async def close(self) -> None:
-        """Fail waiters and new acquires with PoolClosedError; close idle connections now, borrowed
-        ones when they come back. Safe to call twice."""
+        """Fail waiters and new acquires (PoolClosedError), close idle connections; idempotent."""
         raise NotImplementedError("TODO: implement close()")
 
     async def _get(self) -> PooledConnection[C]:

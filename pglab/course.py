@@ -8,7 +8,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, ValidationError
 
+from .labgen import solved
 from .paths import course_root
+
+SOLUTION_LINES = 200  # a solution, read top to bottom as library code, stays under this
 
 
 class ManifestError(ValueError):
@@ -41,6 +44,11 @@ class Lab(BaseModel):
     def tests(self) -> str:
         return f"tests/labs/test_{self.module}.py"
 
+    def learner_files(self, root: Path) -> str:
+        """Where the learner works: `labs/<module>.py`, or both files of a lab split in two (lab 09)."""
+        names = sorted(path.name for path in (root / "solutions").glob(f"lab{self.id}_*.py"))
+        return " or ".join(f"labs/{name}" for name in names) or self.skeleton
+
 
 class Course(BaseModel):
     title: str
@@ -68,6 +76,12 @@ class Course(BaseModel):
             for path in (lab.tutorial, lab.skeleton, lab.solution, lab.tests):
                 if not (self.root / path).is_file():
                     problems.append(f"lab {lab.id}: {path} does not exist")
+        for path in sorted((self.root / "solutions").glob("lab*.py")):
+            if not any(path.name.startswith(f"lab{lab.id}_") for lab in self.labs):
+                problems.append(f"solutions/{path.name} belongs to no lab: name it lab<id>_... after its lab")
+            if (lines := len(solved(path.read_text()).splitlines())) >= SOLUTION_LINES:
+                problems.append(f"solutions/{path.name} is {lines} lines (markers left out): a solution must read in "
+                                f"under {SOLUTION_LINES}; split it in two files as lab 09 does, or trim it")
         return problems
 
 

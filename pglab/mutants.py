@@ -10,6 +10,7 @@ survives is a mistake a learner could make and still be told "all checks pass".
 name = "release-outside-finally"
 bug = "the connection is given back only when the body succeeds"
 edits = [["old text", "new text"]]
+module = "lab09_base"  # optional: a lab in two files plants the bug in its other module
 ```
 """
 
@@ -43,6 +44,7 @@ class Mutant(BaseModel):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
     bug: str = Field(min_length=10)
     edits: list[tuple[str, str]] = Field(min_length=1)
+    module: str | None = Field(default=None, pattern=r"^lab\d{2}_[a-z0-9_]+$")  # default: the lab's module
 
     def apply(self, source: str, where: str) -> str:
         """`source` with every edit applied; each `old` must occur exactly once."""
@@ -100,8 +102,12 @@ def write_solved(course: Course, folder: Path) -> Path:
 
 
 def build_target(course: Course, lab: Lab, mutant: Mutant, folder: Path) -> Path:
-    """Write every solved lab into `folder`, with `mutant` planted in `lab`'s module."""
-    module = write_solved(course, folder) / f"{lab.module}.py"
+    """Write every solved lab into `folder`, with `mutant` planted in `lab`'s module (or the one it names)."""
+    if mutant.module and not mutant.module.startswith(f"lab{lab.id}_"):
+        raise MutantError(f"mutant {mutant.name!r}: module {mutant.module!r} is not one of lab {lab.id}'s files")
+    module = write_solved(course, folder) / f"{mutant.module or lab.module}.py"
+    if not module.is_file():
+        raise MutantError(f"mutant {mutant.name!r}: solutions/{module.name} does not exist")
     text = module.read_text()
     planted = mutant.apply(text, str(mutants_file(course, lab).relative_to(course.root)))
     if planted == text:

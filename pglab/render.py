@@ -58,9 +58,10 @@ def next_step(result: LabResult, course: Course, *, watching: bool = False) -> s
                 f"  open {following.tutorial}, {run}")
     again = "and save: the checks run again on every save" if watching else f"then run `pglab check {lab.id}` again"
     if result.error:
-        return f"Fix the error above in {lab.skeleton}, {again}."
+        return f"Fix the error above in {lab.learner_files(course.root)}, {again}."
     watch = "" if watching else " (or `pglab watch` to re-run on every save)"
-    return f"Next step: fix the first ✗ in {lab.skeleton}, {again}{watch}. Stuck? `pglab hint {lab.id}`."
+    return (f"Next step: fix the first ✗ in {lab.learner_files(course.root)}, {again}{watch}. "
+            f"Stuck? `pglab hint {lab.id}`.")
 
 
 def progress_table(statuses: list[LabStatus]) -> Group:

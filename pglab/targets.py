@@ -3,19 +3,27 @@
 Both trees use the same module names, so a lab is loaded under a private name
 (`pglab_target.<tree>.<module>`) and never through `sys.path`: a learner's
 `labs/lab01_database_pool.py` and the reference solution cannot shadow each other.
+A lab in two files (lab 09: `lab09_base.py` + `lab09_connection_pool.py`) imports its
+sibling by its plain name; while a lab loads, that name is found in the same folder only.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.abc
+import importlib.machinery
 import importlib.util
 import os
+import re
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 
 from .paths import course_root
 
 TREES = ("labs", "solutions")
+LAB_MODULE = re.compile(r"lab\d{2}_\w+")
 
 
 class TargetError(ImportError):
@@ -51,7 +59,8 @@ def load_lab_module(module: str, target: str | None = None) -> ModuleType:
     mod = importlib.util.module_from_spec(spec)
     sys.modules[name] = mod  # dataclasses and pickling look modules up by name
     try:
-        spec.loader.exec_module(mod)
+        with _siblings_from(folder):
+            spec.loader.exec_module(mod)
     except SyntaxError as exc:
         del sys.modules[name]
         raise TargetError(f"{path.name} line {exc.lineno}: syntax error: {exc.msg}") from exc
@@ -59,3 +68,29 @@ def load_lab_module(module: str, target: str | None = None) -> ModuleType:
         del sys.modules[name]
         raise TargetError(f"importing {path.name} failed: {type(exc).__name__}: {exc}") from exc
     return mod
+
+
+class _SiblingFinder(importlib.abc.MetaPathFinder):
+    """Finds `import labNN_name` in one folder of lab modules, and nothing else."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def find_spec(self, name: str, path: Sequence[str] | None = None,
+                  target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
+        if path is None and LAB_MODULE.fullmatch(name) and (self.folder / f"{name}.py").is_file():
+            return importlib.util.spec_from_file_location(name, self.folder / f"{name}.py")
+        return None
+
+
+@contextlib.contextmanager
+def _siblings_from(folder: Path) -> Iterator[None]:
+    """While a lab loads, its plain-named siblings come from its own folder, freshly imported."""
+    for stale in [name for name in sys.modules if LAB_MODULE.fullmatch(name)]:
+        del sys.modules[stale]  # another tree's (or an earlier mutant's) copy
+    finder = _SiblingFinder(folder)
+    sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(finder)

@@ -1,74 +1,16 @@
-"""Lab 09: `ConnectionPool` from scratch, after asyncpg's pool.py and psycopg_pool: a count of
-slots, a stack of idle connections and a FIFO queue of waiters served by direct hand-off."""
+"""Lab 09, part 2: `ConnectionPool` from scratch, after asyncpg's pool.py and psycopg_pool: a count
+of slots, a stack of idle connections and a FIFO queue of waiters served by direct hand-off."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field, fields
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic
 
-C = TypeVar("C")  # any connection with is_closed(), is_in_transaction(), execute() and close()
-MAX_RECONNECT_DELAY = 10.0  # seconds: the longest pause between refills while the server is down
-COUNTERS = ("requests_num", "requests_wait_ms", "requests_errors", "connections_num",
-            "connections_errors", "connections_lost", "returns_bad")
-
-
-class PoolTimeoutError(TimeoutError):
-    """No connection could be lent within the acquire timeout."""
-
-
-class PoolClosedError(RuntimeError):
-    """The pool is closed: no more connections are handed out."""
-
-
-@dataclass(frozen=True)
-class PoolConfig:
-    """Sizes and times (seconds) of a pool; a bad value raises ValueError naming the field."""
-
-    max_size: int = 10
-    min_size: int = 1
-    max_idle_time: float = 300.0
-    acquire_timeout: float = 30.0
-    max_lifetime: float = 3600.0  # each connection retires up to 10 % earlier (jitter)
-    cleanup_interval: float = 60.0
-    reconnect_delay: float = 0.5  # first pause after a failed refill; doubles up to MAX_RECONNECT_DELAY
-
-    def __post_init__(self) -> None:
-        # BEGIN SOLUTION
-        for name in (f.name for f in fields(self) if getattr(self, f.name) < 0):
-            raise ValueError(f"PoolConfig.{name} must not be negative, got {getattr(self, name)!r}")
-        if self.max_size < 1:
-            raise ValueError(f"PoolConfig.max_size must be at least 1, got {self.max_size}")
-        if self.min_size > self.max_size:
-            raise ValueError(f"PoolConfig.min_size ({self.min_size}) must not exceed max_size ({self.max_size})")
-        # END SOLUTION
-
-
-@dataclass(eq=False)  # identity equality and hash: two wrappers are never "the same" connection
-class PooledConnection(Generic[C]):
-    """A connection plus the bookkeeping the pool needs."""
-
-    connection: C
-    lifetime: float = float("inf")  # seconds this connection may live
-    created_at: float = field(default_factory=time.monotonic)
-    last_used_at: float = field(default_factory=time.monotonic)
-
-    def is_expired(self) -> bool:
-        """True once the connection has lived `lifetime` seconds."""
-        # BEGIN SOLUTION
-        return time.monotonic() - self.created_at >= self.lifetime
-        # END SOLUTION
-
-    def idle_time(self) -> float:
-        """Seconds since the connection was opened or last given back."""
-        # BEGIN SOLUTION
-        return time.monotonic() - self.last_used_at
-        # END SOLUTION
+from lab09_base import COUNTERS, MAX_RECONNECT_DELAY, C, PoolClosedError, PoolConfig, PooledConnection, PoolTimeoutError
 
 
 class ConnectionPool(Generic[C]):
@@ -145,8 +87,7 @@ class ConnectionPool(Generic[C]):
         # END SOLUTION
 
     async def close(self) -> None:
-        """Fail waiters and new acquires with PoolClosedError; close idle connections now, borrowed
-        ones when they come back. Safe to call twice."""
+        """Fail waiters and new acquires (PoolClosedError), close idle connections; idempotent."""
         # BEGIN SOLUTION
         self._closed = True
         while self._waiters:
@@ -199,8 +140,7 @@ class ConnectionPool(Generic[C]):
             self._counts["connections_errors"] += isinstance(exc, Exception)
             self._give(None)
             raise
-        # Lives up to 10 % shorter, so that connections opened together do not all retire at once.
-        holder = PooledConnection(conn, self.config.max_lifetime * (1 - 0.1 * random.random()))
+        holder = PooledConnection(conn, self.config.jittered_lifetime())
         if self._closed:
             await self._discard(holder)
             raise PoolClosedError("the pool was closed while connecting")

@@ -30,3 +30,24 @@ def test_a_malformed_manifest_is_rejected_with_the_reason(tmp_path):
     (tmp_path / "course.toml").write_text("[[labs]\n")
     with pytest.raises(ManifestError, match="not valid TOML"):
         load_course(tmp_path)
+
+
+def _one_lab_course(root, solution_text: str, extra: dict[str, str] | None = None):
+    (root / "course.toml").write_text('[[labs]]\nid = "00"\ntitle = "t"\ntutorial = "t.ipynb"\n'
+                                      'module = "lab00_x"\npoints = 5\nhints = ["a", "b"]\n')
+    (root / "solutions").mkdir()
+    for name, text in {"lab00_x.py": solution_text, **(extra or {})}.items():
+        (root / "solutions" / name).write_text(text)
+    return load_course(root)
+
+
+def test_lint_refuses_a_solution_of_200_lines_and_a_file_of_no_lab(tmp_path):
+    body = "".join(f"x{n} = {n}\n" for n in range(200))
+    problems = _one_lab_course(tmp_path, body, {"lab07_orphan.py": "y = 1\n"}).lint()
+    assert any("lab00_x.py is 200 lines" in p and "under 200" in p for p in problems), problems
+    assert any("lab07_orphan.py belongs to no lab" in p for p in problems), problems
+
+
+def test_lint_counts_a_solution_without_its_markers(tmp_path):
+    body = "def f():\n" + "    # BEGIN SOLUTION\n    pass\n    # END SOLUTION\n" * 60  # 241 lines, 121 solved
+    assert not [p for p in _one_lab_course(tmp_path, body).lint() if "lines" in p]
