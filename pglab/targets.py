@@ -4,7 +4,8 @@ Both trees use the same module names, so a lab is loaded under a private name
 (`pglab_target.<tree>.<module>`) and never through `sys.path`: a learner's
 `labs/lab01_database_pool.py` and the reference solution cannot shadow each other.
 A lab in two files (lab 09: `lab09_base.py` + `lab09_connection_pool.py`) imports its
-sibling by its plain name; while a lab loads, that name is found in the same folder only.
+sibling by its plain name; while a lab loads, that name is found in the same folder only,
+and only for the same lab.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def load_lab_module(module: str, target: str | None = None) -> ModuleType:
     mod = importlib.util.module_from_spec(spec)
     sys.modules[name] = mod  # dataclasses and pickling look modules up by name
     try:
-        with _siblings_from(folder):
+        with _siblings_from(folder, module[:len("labNN_")]):
             spec.loader.exec_module(mod)
     except SyntaxError as exc:
         del sys.modules[name]
@@ -71,24 +72,26 @@ def load_lab_module(module: str, target: str | None = None) -> ModuleType:
 
 
 class _SiblingFinder(importlib.abc.MetaPathFinder):
-    """Finds `import labNN_name` in one folder of lab modules, and nothing else."""
+    """Finds `import labNN_name` of one lab (`prefix`, "labNN_") in one folder, and nothing else."""
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
+    def __init__(self, folder: Path, prefix: str) -> None:
+        self.folder, self.prefix = folder, prefix
 
     def find_spec(self, name: str, path: Sequence[str] | None = None,
                   target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
-        if path is None and LAB_MODULE.fullmatch(name) and (self.folder / f"{name}.py").is_file():
+        if path is None and name.startswith(self.prefix) and LAB_MODULE.fullmatch(name) \
+                and (self.folder / f"{name}.py").is_file():
             return importlib.util.spec_from_file_location(name, self.folder / f"{name}.py")
         return None
 
 
 @contextlib.contextmanager
-def _siblings_from(folder: Path) -> Iterator[None]:
-    """While a lab loads, its plain-named siblings come from its own folder, freshly imported."""
+def _siblings_from(folder: Path, prefix: str) -> Iterator[None]:
+    """While a lab loads, its own plain-named siblings come from its folder, freshly imported; another
+    lab's module is not importable (a lab never depends on another lab's code at run time)."""
     for stale in [name for name in sys.modules if LAB_MODULE.fullmatch(name)]:
         del sys.modules[stale]  # another tree's (or an earlier mutant's) copy
-    finder = _SiblingFinder(folder)
+    finder = _SiblingFinder(folder, prefix)
     sys.meta_path.insert(0, finder)
     try:
         yield

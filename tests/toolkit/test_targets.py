@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from pglab import labgen
-from pglab.targets import load_lab_module
+from pglab.targets import TargetError, load_lab_module
 
 
 def _tree(folder, value: str) -> None:
@@ -39,3 +39,10 @@ def test_the_two_files_of_lab_09_load_from_each_tree(tmp_path):
     skeleton = load_lab_module("lab09_connection_pool", str(tmp_path))
     with pytest.raises(NotImplementedError):
         skeleton.PoolConfig()  # part 1's TODO, reached through part 2
+
+
+def test_a_lab_cannot_import_another_labs_module(tmp_path):
+    (tmp_path / "lab41_other.py").write_text("VALUE = 1\n")
+    (tmp_path / "lab42_main.py").write_text("import lab41_other\n")
+    with pytest.raises(TargetError, match="No module named 'lab41_other'"):
+        load_lab_module("lab42_main", str(tmp_path))
