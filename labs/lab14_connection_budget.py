@@ -2,10 +2,8 @@
 # then run `pglab check 14`. (Generated from solutions/lab14_connection_budget.py by `pglab build-labs`.)
 """Lab 14: the connection budget and timeouts as a system.
 
-Worker processes, each with its own pool, share one server's `max_connections`. You
-write the budget (`read_budget`, `usable_connections`, `pool_size_per_worker`), real
-workers that create their pools after the fork (`Fleet`), and one consistent set of
-timeouts for a request (`TimeoutBudget`, `fetch_within`, `timeout_layer`).
+Worker processes (`Fleet`) share one server's `max_connections` (`read_budget`, `pool_size_per_worker`);
+one request gets one consistent set of timeouts, PgBouncer's queue included (`TimeoutBudget`, `timeout_layer`).
 """
 
 from __future__ import annotations
@@ -39,9 +37,7 @@ def usable_connections(budget: ServerBudget) -> int:
 
 
 def pool_size_per_worker(usable: int, workers: int, *, surge: int, headroom: int = 0) -> int:
-    """The largest max_size so `workers + surge` pools plus `headroom` fit in `usable`.
-
-    `surge`: extra workers a rolling deploy runs at once (old and new side by side)."""
+    """The largest max_size so `workers + surge` (a rolling deploy's extra) pools plus `headroom` fit in `usable`."""
     raise NotImplementedError("TODO: implement pool_size_per_worker()")
 
 
@@ -89,7 +85,8 @@ class TimeoutBudget:
     acquire: float = 1.0  # waiting for a pooled connection (includes a connect)
     lock: float = 0.5  # lock_timeout: waiting for one lock
     statement: float = 2.0  # statement_timeout: one statement on the server
-    command: float = 2.5  # command_timeout: the client's backstop when the server never answers
+    query_wait: float = 0.5  # PgBouncer's query_wait_timeout: queued there for a server connection
+    command: float = 3.0  # command_timeout: the client's backstop when the server never answers
     transaction: float = 4.0  # transaction_timeout (PostgreSQL 17+)
     idle_in_transaction: float = 4.0  # idle_in_transaction_session_timeout
 
@@ -101,6 +98,10 @@ class TimeoutBudget:
         """Keyword arguments for asyncpg.create_pool: client timeouts and the server's, per session."""
         raise NotImplementedError("TODO: implement pool_options()")
 
+    def pgbouncer_settings(self) -> dict[str, float]:
+        """This budget's PgBouncer settings, for its [pgbouncer] section (`ensure_pgbouncer(settings=...)`)."""
+        raise NotImplementedError("TODO: implement pgbouncer_settings()")
+
 
 async def fetch_within(pool: asyncpg.Pool, budget: TimeoutBudget, query: str, *args: Any) -> list[asyncpg.Record]:
     """Run one request's query under the budget: a bounded acquire inside the request deadline."""
@@ -108,5 +109,5 @@ async def fetch_within(pool: asyncpg.Pool, budget: TimeoutBudget, query: str, *a
 
 
 def timeout_layer(exc: BaseException) -> str:
-    """Which timeout produced `exc`: a server setting's name, "client", "connection lost" or "other"."""
+    """Which timeout produced `exc`: a server's or PgBouncer's setting, "client", "connection lost" or "other"."""
     raise NotImplementedError("TODO: implement timeout_layer()")

@@ -1,9 +1,7 @@
 """Lab 14: the connection budget and timeouts as a system.
 
-Worker processes, each with its own pool, share one server's `max_connections`. You
-write the budget (`read_budget`, `usable_connections`, `pool_size_per_worker`), real
-workers that create their pools after the fork (`Fleet`), and one consistent set of
-timeouts for a request (`TimeoutBudget`, `fetch_within`, `timeout_layer`).
+Worker processes (`Fleet`) share one server's `max_connections` (`read_budget`, `pool_size_per_worker`);
+one request gets one consistent set of timeouts, PgBouncer's queue included (`TimeoutBudget`, `timeout_layer`).
 """
 
 from __future__ import annotations
@@ -30,9 +28,8 @@ async def read_budget(conn: asyncpg.Connection, role: str) -> ServerBudget:
     """Read the slot settings and `role`'s CONNECTION LIMIT (`pg_roles.rolconnlimit`)."""
     # BEGIN SOLUTION
     row = await conn.fetchrow(
-        "SELECT current_setting('max_connections')::int AS max_connections,"
-        " current_setting('superuser_reserved_connections')::int AS superuser_reserved,"
-        " coalesce(current_setting('reserved_connections', true), '0')::int AS reserved,"
+        "SELECT current_setting('max_connections')::int, current_setting('superuser_reserved_connections')::int,"
+        " coalesce(current_setting('reserved_connections', true), '0')::int,"
         " (SELECT rolconnlimit FROM pg_roles WHERE rolname = $1) AS role_limit", role)
     if row["role_limit"] is None:
         raise ValueError(f"role {role!r} does not exist on this server")
@@ -43,25 +40,21 @@ async def read_budget(conn: asyncpg.Connection, role: str) -> ServerBudget:
 def usable_connections(budget: ServerBudget) -> int:
     """Connections an ordinary application role can open: reserved slots off, capped by its limit."""
     # BEGIN SOLUTION
-    # Both reserved pools are kept back from ordinary roles: they are the way in for an
-    # administrator when the application has used everything else.
+    # Both reserved pools are kept back from ordinary roles: an administrator's way in when all else is used.
     server = budget.max_connections - budget.superuser_reserved - budget.reserved
     return server if budget.role_limit is None else min(server, budget.role_limit)
     # END SOLUTION
 
 
 def pool_size_per_worker(usable: int, workers: int, *, surge: int, headroom: int = 0) -> int:
-    """The largest max_size so `workers + surge` pools plus `headroom` fit in `usable`.
-
-    `surge`: extra workers a rolling deploy runs at once (old and new side by side)."""
+    """The largest max_size so `workers + surge` (a rolling deploy's extra) pools plus `headroom` fit in `usable`."""
     # BEGIN SOLUTION
     if workers < 1 or surge < 0 or headroom < 0:
         raise ValueError(f"need workers >= 1, surge >= 0, headroom >= 0; got {workers}, {surge}, {headroom}")
     processes = workers + surge
     if (size := (usable - headroom) // processes) < 1:
-        raise ValueError(
-            f"{processes} processes (workers + surge) need at least {processes + headroom} connections, "
-            f"the budget is {usable}: run fewer workers, a smaller surge, or PgBouncer in front (lab 12)")
+        raise ValueError(f"{processes} processes (workers + surge) need at least {processes + headroom} connections, "
+                         f"the budget is {usable}: run fewer workers, a smaller surge, or PgBouncer in front (lab 12)")
     return size
     # END SOLUTION
 
@@ -77,8 +70,7 @@ class WorkerReport:
 async def _hold(dsn: str, pool_size: int, reports: Any, release: Any, hold: float) -> None:
     """In the worker: open `pool_size` connections, report, keep them until `release` is set."""
     # BEGIN SOLUTION
-    # Created here, in the child, on its own event loop: a pool made before the fork
-    # would share its sockets with the parent.
+    # Created here, in the child, on its own event loop: a pool made before the fork shares the parent's sockets.
     pool = await asyncpg.create_pool(dsn, min_size=0, max_size=pool_size)
     held, error = 0, None
     try:
@@ -109,8 +101,7 @@ class Fleet:
     def start(self, timeout: float = 60.0) -> list[WorkerReport]:
         """Start the workers; return once every one has reported (all connections held)."""
         # BEGIN SOLUTION
-        # fork: the child runs `_worker_main` from memory (a lab module is not importable
-        # by name, as spawn would need); nothing asyncio or asyncpg exists yet in the child.
+        # fork, not spawn: a lab module is not importable by name; no loop or pool exists yet to be shared.
         context = multiprocessing.get_context("fork")
         queue, self._release = context.Queue(), context.Event()
         self._processes = [context.Process(target=_worker_main, daemon=True,
@@ -139,18 +130,19 @@ class TimeoutBudget:
     acquire: float = 1.0  # waiting for a pooled connection (includes a connect)
     lock: float = 0.5  # lock_timeout: waiting for one lock
     statement: float = 2.0  # statement_timeout: one statement on the server
-    command: float = 2.5  # command_timeout: the client's backstop when the server never answers
+    query_wait: float = 0.5  # PgBouncer's query_wait_timeout: queued there for a server connection
+    command: float = 3.0  # command_timeout: the client's backstop when the server never answers
     transaction: float = 4.0  # transaction_timeout (PostgreSQL 17+)
     idle_in_transaction: float = 4.0  # idle_in_transaction_session_timeout
 
     def validate(self) -> None:
         """Raise ValueError naming the first pair of timeouts in the wrong order."""
         # BEGIN SOLUTION
-        # Inner layers fire first, so the error names the real cause; acquiring plus
-        # running must fit in the request.
+        # Inner layers fire first, so the error names the real cause. A query behind PgBouncer
+        # first waits in its queue, then runs: the two add up inside one command_timeout.
         rules = [("connect", self.connect, "acquire", self.acquire),
                  ("lock", self.lock, "statement", self.statement),
-                 ("statement", self.statement, "command", self.command),
+                 ("query_wait + statement", self.query_wait + self.statement, "command", self.command),
                  ("statement", self.statement, "transaction", self.transaction),
                  ("acquire + command", self.acquire + self.command, "request", self.request)]
         for name, value in vars(self).items():
@@ -171,6 +163,13 @@ class TimeoutBudget:
         return {"timeout": self.connect, "command_timeout": self.command, "server_settings": settings}
         # END SOLUTION
 
+    def pgbouncer_settings(self) -> dict[str, float]:
+        """This budget's PgBouncer settings, for its [pgbouncer] section (`ensure_pgbouncer(settings=...)`)."""
+        # BEGIN SOLUTION
+        self.validate()
+        return {"query_wait_timeout": self.query_wait}  # seconds; PgBouncer takes no "ms" unit
+        # END SOLUTION
+
 
 async def fetch_within(pool: asyncpg.Pool, budget: TimeoutBudget, query: str, *args: Any) -> list[asyncpg.Record]:
     """Run one request's query under the budget: a bounded acquire inside the request deadline."""
@@ -181,7 +180,7 @@ async def fetch_within(pool: asyncpg.Pool, budget: TimeoutBudget, query: str, *a
 
 
 def timeout_layer(exc: BaseException) -> str:
-    """Which timeout produced `exc`: a server setting's name, "client", "connection lost" or "other"."""
+    """Which timeout produced `exc`: a server's or PgBouncer's setting, "client", "connection lost" or "other"."""
     # BEGIN SOLUTION
     if isinstance(exc, asyncpg.LockNotAvailableError):
         return "lock_timeout"
@@ -192,6 +191,8 @@ def timeout_layer(exc: BaseException) -> str:
         return "transaction_timeout"
     if isinstance(exc, asyncpg.IdleInTransactionSessionTimeoutError) or "idle-in-transaction" in str(exc):
         return "idle_in_transaction_session_timeout"
+    if "query_wait_timeout" in str(exc):  # PgBouncer hangs up on a client it queued too long
+        return "query_wait_timeout"
     if isinstance(exc, asyncpg.InterfaceError) and "connection is closed" in str(exc):
         return "connection lost"  # the server hung up while we were idle: its log says why
     return "client" if isinstance(exc, TimeoutError) else "other"  # connect, acquire, command_timeout

@@ -13,6 +13,10 @@ statement cache fails the way lab 12 teaches whatever the version, and N for a s
 instance (`ensure_pgbouncer(max_prepared_statements=N)`, PgBouncer >= 1.21 only).
 PgBouncer 1.18 (Debian 12) refuses any setting it does not know, so the key is written
 only where the installed version has it.
+
+Other [pgbouncer] settings (`ensure_pgbouncer(settings={"query_wait_timeout": 2})`), from
+the short list in `SETTINGS`, start an instance of their own (its folder is named by a
+digest of them), so a lab's short timeouts never reach the instance the other labs share.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import hashlib
 import json
 import os
 import re
@@ -28,7 +33,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -57,6 +62,16 @@ INSTALL_HINT = (
     "`brew install pgbouncer` (macOS), or run `docker compose up -d pgbouncer` and "
     "point PGLAB_PGBOUNCER_URL at it"
 )
+# The [pgbouncer] settings a caller may add or override: those the course teaches.
+SETTINGS = frozenset({
+    "pool_mode", "default_pool_size", "min_pool_size", "reserve_pool_size", "reserve_pool_timeout",
+    "max_client_conn", "max_db_connections", "query_timeout", "query_wait_timeout", "client_idle_timeout",
+    "idle_transaction_timeout", "server_idle_timeout", "server_lifetime", "server_connect_timeout",
+})
+CUSTOM_HINT = (
+    "PgBouncer with custom settings needs a local `pgbouncer` (a PgBouncer at PGLAB_PGBOUNCER_URL "
+    "cannot be reconfigured): `sudo apt-get install pgbouncer` (Debian/Ubuntu) or `brew install pgbouncer`"
+)
 # Where packages put it; /usr/sbin is not on a normal user's PATH on Debian.
 _CANDIDATES = ("/usr/sbin/pgbouncer", "/usr/local/sbin/pgbouncer", "/usr/local/bin/pgbouncer",
                "/opt/homebrew/bin/pgbouncer")
@@ -81,20 +96,22 @@ def pgbouncer_binary() -> str | None:
     return found or next((c for c in _CANDIDATES if os.access(c, os.X_OK)), None)
 
 
-def unavailable_reason(max_prepared_statements: int = 0) -> str | None:
+def unavailable_reason(max_prepared_statements: int = 0,
+                       settings: Mapping[str, str | int | float] | None = None) -> str | None:
     """Why this PgBouncer cannot be had here (None when it can): no binary, or, for
-    `max_prepared_statements` > 0, a version without protocol-level prepared statements."""
+    `max_prepared_statements` > 0, a version without protocol-level prepared statements.
+    Custom `settings` need a local binary: a PgBouncer given by URL cannot take them."""
+    if settings:
+        if not pgbouncer_binary():
+            return CUSTOM_HINT
+        return _no_prepared_statements() if max_prepared_statements else None
     if max_prepared_statements:
         if os.environ.get("PGLAB_PGBOUNCER_PREPARED_URL"):
             return None
         if os.environ.get("PGLAB_PGBOUNCER_URL") or not pgbouncer_binary():
             return ("no PgBouncer with prepared statements: set PGLAB_PGBOUNCER_PREPARED_URL to one "
                     "with max_prepared_statements > 0, or install PgBouncer >= 1.21")
-        if not supports_prepared_statements():
-            found = ".".join(map(str, pgbouncer_version() or ())) or "of unknown version"
-            return (f"the installed PgBouncer {found} has no protocol-level prepared statements: they came "
-                    "in 1.21 (Debian 12 ships 1.18); use `docker compose` (1.24) or a newer package")
-        return None
+        return _no_prepared_statements()
     if os.environ.get("PGLAB_PGBOUNCER_URL") or pgbouncer_binary():
         return None
     return INSTALL_HINT
@@ -121,27 +138,59 @@ def supports_prepared_statements() -> bool:
     return version is not None and version[:2] >= PREPARED_STATEMENTS_SINCE
 
 
-def home(max_prepared_statements: int = 0) -> Path:
-    """The folder of one instance: `.pglab/pgbouncer/`, or `.pglab/pgbouncer-prepared/`."""
+def _no_prepared_statements() -> str | None:
+    if supports_prepared_statements():
+        return None
+    found = ".".join(map(str, pgbouncer_version() or ())) or "of unknown version"
+    return (f"the installed PgBouncer {found} has no protocol-level prepared statements: they came "
+            "in 1.21 (Debian 12 ships 1.18); use `docker compose` (1.24) or a newer package")
+
+
+def checked_settings(settings: Mapping[str, str | int | float] | None) -> dict[str, str]:
+    """`settings` as ini values, in a stable order; ValueError naming a key or value PgBouncer must not get."""
+    checked = {}
+    for key, value in sorted((settings or {}).items()):
+        if key not in SETTINGS:
+            raise ValueError(f"PgBouncer setting {key!r} is not one the course sets; use one of: "
+                             f"{', '.join(sorted(SETTINGS))}")
+        text = str(value)
+        # One word or number: a newline or `;` would smuggle other lines into the ini.
+        if isinstance(value, bool) or not re.fullmatch(r"-?[A-Za-z0-9._]+", text):
+            raise ValueError(f"PgBouncer setting {key} = {value!r}: give a number (seconds, a count) "
+                             "or one word (pool_mode = transaction)")
+        checked[key] = text
+    return checked
+
+
+def home(max_prepared_statements: int = 0, settings: Mapping[str, str | int | float] | None = None) -> Path:
+    """The folder of one instance: `.pglab/pgbouncer/`, `.pglab/pgbouncer-prepared/`, and for custom
+    `settings` the same name with a digest of them (`.pglab/pgbouncer-1f0c2a9b3e/`)."""
     from ..paths import state_dir
 
-    return state_dir() / ("pgbouncer-prepared" if max_prepared_statements else "pgbouncer")
+    name = "pgbouncer-prepared" if max_prepared_statements else "pgbouncer"
+    if extra := checked_settings(settings):
+        name += "-" + hashlib.sha256(json.dumps(extra).encode()).hexdigest()[:10]
+    return state_dir() / name
 
 
-def ensure_pgbouncer(upstream: str | None = None, *, max_prepared_statements: int = 0) -> str:
+def ensure_pgbouncer(upstream: str | None = None, *, max_prepared_statements: int = 0,
+                     settings: Mapping[str, str | int | float] | None = None) -> str:
     """Start PgBouncer unless it runs already; return the course DSN through it.
 
     `max_prepared_statements` > 0 starts a second instance that tracks prepared
     statements (PgBouncer >= 1.21), so asyncpg's statement cache works through it.
-    `PGLAB_PGBOUNCER_URL` (`PGLAB_PGBOUNCER_PREPARED_URL` for the second) is returned
-    as is. Raises PgBouncerUnavailableError, saying why, when it cannot be had.
+    `settings` adds or overrides [pgbouncer] settings (names from `SETTINGS`, else
+    ValueError), in an instance of their own. Without `settings`, `PGLAB_PGBOUNCER_URL`
+    (`PGLAB_PGBOUNCER_PREPARED_URL` for the second) is returned as is. Raises
+    PgBouncerUnavailableError, saying why, when it cannot be had.
     """
     if max_prepared_statements < 0:
         raise ValueError(f"max_prepared_statements must be >= 0, got {max_prepared_statements}")
+    extra = checked_settings(settings)
     variable = "PGLAB_PGBOUNCER_PREPARED_URL" if max_prepared_statements else "PGLAB_PGBOUNCER_URL"
-    if url := os.environ.get(variable):
+    if not extra and (url := os.environ.get(variable)):
         return url
-    if reason := unavailable_reason(max_prepared_statements):
+    if reason := unavailable_reason(max_prepared_statements, extra):
         raise PgBouncerUnavailableError(reason)
     binary = pgbouncer_binary()
     assert binary is not None  # unavailable_reason() said there is one
@@ -149,15 +198,15 @@ def ensure_pgbouncer(upstream: str | None = None, *, max_prepared_statements: in
         from .database import database_url
 
         upstream = database_url()
-    folder = home(max_prepared_statements)
+    folder = home(max_prepared_statements, extra)
     with _lock(folder):
         status = _status(folder)
-        config = _config(folder, upstream, status.port or 0, max_prepared_statements)
+        config = _config(folder, upstream, status.port or 0, max_prepared_statements, extra)
         if status.running and status.port:
             if _running_config(folder) == config:
                 return _client_dsn(upstream, status.port)
             _stop(folder)  # the course server moved (new port) or the settings changed: follow
-        port = _start(folder, binary, upstream, max_prepared_statements)
+        port = _start(folder, binary, upstream, max_prepared_statements, extra)
         _state_file(folder).write_text(json.dumps({"port": port}))
         return _client_dsn(upstream, port)
 
@@ -195,9 +244,10 @@ def admin(command: str, dsn: str | None = None) -> list[dict[str, str]]:
 
 
 def stop_pgbouncer() -> bool:
-    """Stop our PgBouncer instances; False when none was running."""
+    """Stop our PgBouncer instances, those with custom settings too; False when none was running."""
     stopped = False
-    for folder in (home(), home(max_prepared_statements=1)):
+    folders = {home(), home(max_prepared_statements=1)} | {p for p in home().parent.glob("pgbouncer-*") if p.is_dir()}
+    for folder in sorted(folders):
         with _lock(folder):
             if _status(folder).running:
                 _stop(folder)
@@ -205,9 +255,10 @@ def stop_pgbouncer() -> bool:
     return stopped
 
 
-def bouncer_status(max_prepared_statements: int = 0) -> BouncerStatus:
+def bouncer_status(max_prepared_statements: int = 0,
+                   settings: Mapping[str, str | int | float] | None = None) -> BouncerStatus:
     """Whether the PgBouncer of this checkout runs, from its pid file and its port."""
-    return _status(home(max_prepared_statements))
+    return _status(home(max_prepared_statements, settings))
 
 
 def _status(folder: Path) -> BouncerStatus:
@@ -276,8 +327,9 @@ def _auth_secret(upstream: str) -> str:
     return secret if result.returncode == 0 and secret.startswith("SCRAM-SHA-256$") else password
 
 
-def _config(folder: Path, upstream: str, port: int, max_prepared_statements: int) -> str:
-    """pgbouncer.ini for this upstream server and listening port."""
+def _config(folder: Path, upstream: str, port: int, max_prepared_statements: int,
+            settings: Mapping[str, str] | None = None) -> str:
+    """pgbouncer.ini for this upstream server and listening port; `settings` (checked) win."""
     parts = urlsplit(upstream)
     database = parts.path.lstrip("/") or "postgres"
     server = f"host={parts.hostname} port={parts.port or 5432}"
@@ -285,6 +337,9 @@ def _config(folder: Path, upstream: str, port: int, max_prepared_statements: int
     # refuse to start on the unknown key, and has no prepared statements to turn off.
     prepared = (f"max_prepared_statements = {max_prepared_statements}\n"
                 if supports_prepared_statements() else "")
+    pool = {"pool_mode": "transaction", "default_pool_size": str(POOL_SIZE), "max_client_conn": str(MAX_CLIENTS),
+            **(settings or {})}
+    tuned = "".join(f"{key} = {value}\n" for key, value in pool.items())
     return f"""\
 ;; Written by `pglab db pgbouncer up`; regenerated on every start.
 [databases]
@@ -298,21 +353,19 @@ unix_socket_dir =
 auth_type = scram-sha-256
 auth_file = {folder / "userlist.txt"}
 admin_users = {unquote(parts.username or "")}
-pool_mode = transaction
-default_pool_size = {POOL_SIZE}
-max_client_conn = {MAX_CLIENTS}
-logfile = {folder / "pgbouncer.log"}
+{tuned}logfile = {folder / "pgbouncer.log"}
 pidfile = {folder / "pgbouncer.pid"}
 {prepared}"""
 
 
-def _write_config(folder: Path, upstream: str, port: int, max_prepared_statements: int) -> Path:
+def _write_config(folder: Path, upstream: str, port: int, max_prepared_statements: int,
+                  settings: Mapping[str, str]) -> Path:
     secret = _auth_secret(upstream).replace('"', '""')
     userlist = folder / "userlist.txt"
     userlist.write_text(f'"{unquote(urlsplit(upstream).username or "")}" "{secret}"\n')
     userlist.chmod(0o600)
     ini = folder / "pgbouncer.ini"
-    ini.write_text(_config(folder, upstream, port, max_prepared_statements))
+    ini.write_text(_config(folder, upstream, port, max_prepared_statements, settings))
     if os.geteuid() == 0:
         _give_to_server_user(folder, [ini, userlist])
     return ini
@@ -326,11 +379,12 @@ def _give_to_server_user(folder: Path, files: list[Path]) -> None:
         os.chown(path, user.pw_uid, user.pw_gid)
 
 
-def _start(folder: Path, binary: str, upstream: str, max_prepared_statements: int) -> int:
+def _start(folder: Path, binary: str, upstream: str, max_prepared_statements: int,
+           settings: Mapping[str, str]) -> int:
     saved = _state(folder).get("port")
     port = saved if saved and port_is_free(saved) else free_port()
     (folder / "pgbouncer.pid").unlink(missing_ok=True)  # stale after a crash or reboot
-    ini = _write_config(folder, upstream, port, max_prepared_statements)
+    ini = _write_config(folder, upstream, port, max_prepared_statements, settings)
     result = run_as_server_user([binary, "-d", str(ini)], timeout=30)
     deadline = time.monotonic() + 10
     while not _accepting(port):

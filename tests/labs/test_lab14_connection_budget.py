@@ -3,8 +3,10 @@
 The budget checks run real worker processes against a private server of this
 module's own (max_connections = 20, reserved_connections = 2, a role `app` with
 CONNECTION LIMIT 12), so an overrun never touches the shared server. The timeout
-checks set their timeouts per session (server_settings) on the course server, and
-use a freezable proxy (`pglab.proxy`) for the half-open connection.
+checks set their timeouts per session (server_settings) on the course server, use a
+freezable proxy (`pglab.proxy`) for the half-open connection, and a PgBouncer of their
+own (one server connection, the budget's query_wait_timeout) for PgBouncer's queue; without
+a `pgbouncer` binary that check is skipped with the reason, never silently.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pytest
 
 from pglab import drills
 from pglab.proxy import FreezableProxy
+from pglab.servers import pgbouncer
 from pglab.servers.dsn import build_dsn
 from pglab.testing import within
 
@@ -162,22 +165,34 @@ def test_a_rolling_deploy_overruns_the_naive_budget_and_fits_the_planned_one(lab
 # -- timeouts as a system ------------------------------------------------------------
 def test_the_timeout_budget_rejects_timeouts_in_the_wrong_order(lab):
     lab.TimeoutBudget().validate()  # the defaults fit together
-    wrong = {"lock": {"lock": 3.0}, "statement": {"statement": 2.5}, "transaction": {"transaction": 1.5},
+    wrong = {"lock": {"lock": 3.0}, "statement": {"statement": 3.5}, "transaction": {"transaction": 1.5},
              "request": {"acquire": 1.0, "command": 4.5}, "connect": {"connect": 1.5},
-             "positive": {"lock": 0.0}}
+             "positive": {"lock": 0.0}, "query_wait": {"query_wait": 1.0}}
     for says, change in wrong.items():
         with pytest.raises(ValueError, match=says):
             lab.TimeoutBudget(**change).validate()
+    # Behind PgBouncer a query first waits in its queue, then runs: both inside one command_timeout.
+    with pytest.raises(ValueError, match="query_wait"):
+        lab.TimeoutBudget(query_wait=1.0, statement=2.0, command=2.5).validate()
 
 
 def test_pool_options_carry_the_client_and_the_server_timeouts(lab):
-    options = lab.TimeoutBudget(connect=0.5, acquire=0.75, lock=0.25, statement=1.5, command=2.0,
+    options = lab.TimeoutBudget(connect=0.5, acquire=0.75, lock=0.25, statement=1.5, command=2.5,
                                 transaction=3.0, idle_in_transaction=10.0, request=4.0).pool_options()
-    assert options == {"timeout": 0.5, "command_timeout": 2.0, "server_settings": {
+    assert options == {"timeout": 0.5, "command_timeout": 2.5, "server_settings": {
         "lock_timeout": "250ms", "statement_timeout": "1500ms", "transaction_timeout": "3000ms",
         "idle_in_transaction_session_timeout": "10000ms"}}, f"pool_options() gave {options}"
     with pytest.raises(ValueError):
         lab.TimeoutBudget(statement=5.0).pool_options()
+
+
+def test_pgbouncer_settings_carry_query_wait_timeout_in_seconds(lab):
+    settings = lab.TimeoutBudget(query_wait=0.25).pgbouncer_settings()
+    assert settings == {"query_wait_timeout": 0.25}, (
+        f"pgbouncer_settings() should give PgBouncer query_wait_timeout in seconds, fractions allowed (PgBouncer "
+        f"takes no units, and 0 turns the timeout off); got {settings}")
+    with pytest.raises(ValueError):
+        lab.TimeoutBudget(query_wait=5.0).pgbouncer_settings()
 
 
 @pytest.fixture
@@ -278,7 +293,7 @@ async def test_an_exhausted_pool_fails_at_the_acquire_timeout(lab, budget_pool):
 
 
 async def test_a_half_open_connection_is_bounded_by_the_client_timeouts(lab, budget_pool, dsn):
-    budget = lab.TimeoutBudget(connect=0.3, acquire=0.5, lock=0.1, statement=0.4, command=0.8)
+    budget = lab.TimeoutBudget(connect=0.3, acquire=0.5, lock=0.1, statement=0.4, query_wait=0.2, command=0.8)
     with FreezableProxy.for_dsn(dsn) as proxy:
         pool = await budget_pool(budget, server_dsn=proxy.dsn(dsn), min_size=1)
         proxy.freeze()  # no FIN, no RST: the server's answer (even its own timeout error) never arrives
@@ -290,6 +305,56 @@ async def test_a_half_open_connection_is_bounded_by_the_client_timeouts(lab, bud
                                     "a connect through a frozen network path")
         assert isinstance(exc, TimeoutError) and layer == "client", (
             f"a connect that gets no answer ends at the connect timeout: TimeoutError; got {type(exc).__name__}")
+
+
+async def hold_the_server_connection(bouncer: str) -> asyncpg.Connection:
+    """A client keeping the PgBouncer's one server connection in an open transaction.
+
+    A second run of these checks may hold it for a moment: PgBouncer then bounces our
+    BEGIN at query_wait_timeout, and we try again."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while True:
+        conn = await within(asyncpg.connect(bouncer, statement_cache_size=0), 10, "connect through PgBouncer")
+        try:
+            await within(conn.execute("BEGIN; SELECT 1"), 10, "BEGIN through PgBouncer")
+            return conn
+        except asyncpg.ConnectionDoesNotExistError:
+            conn.terminate()
+            if loop.time() > deadline:
+                raise
+
+
+@pytest.mark.pgbouncer
+@pytest.mark.deadline(90)  # starting PgBouncer, and maybe waiting for another run to let go of it
+async def test_pgbouncer_bounces_a_queued_query_before_the_client_gives_up(lab, dsn):
+    if reason := pgbouncer.unavailable_reason(settings={"query_wait_timeout": 1}):
+        pytest.skip(f"PgBouncer check skipped: {reason}")
+    budget = lab.TimeoutBudget()  # its defaults: query_wait + statement inside command
+    settings = {**budget.pgbouncer_settings(), "default_pool_size": 1}  # one server connection, easy to hold
+    bouncer = await within(asyncio.to_thread(pgbouncer.ensure_pgbouncer, dsn, settings=settings), 30,
+                           f"start PgBouncer with {settings}")
+    options = budget.pool_options()
+    # PgBouncer refuses other startup parameters ("unsupported startup parameter: statement_timeout"):
+    # behind it the server's timeouts go on the role (ALTER ROLE ... SET), so the pool takes the client's only.
+    options.pop("server_settings")
+    holder = await hold_the_server_connection(bouncer)
+    pool = None
+    try:
+        pool = await within(asyncpg.create_pool(bouncer, min_size=0, max_size=1, statement_cache_size=0, **options),
+                            15, "create_pool() through PgBouncer")
+        exc, layer = await layer_of(lab, lab.fetch_within(pool, budget, "SELECT 1"),
+                                    "fetch_within() while PgBouncer's only server connection is taken")
+    finally:
+        holder.terminate()
+        if pool is not None:
+            pool.terminate()
+    assert layer == "query_wait_timeout", (
+        f"PgBouncer's one server connection is held, so the query waits in PgBouncer's queue; past query_wait_timeout "
+        f"({budget.query_wait:g} s, inside command_timeout {budget.command:g} s) PgBouncer disconnects the client "
+        f"saying 'query_wait_timeout', and timeout_layer() should name it so. Got {type(exc).__name__}: {exc} -> "
+        f"{layer!r}. A TimeoutError means the client gave up first: is query_wait_timeout in seconds (0 turns it "
+        f"off)? 'other' or 'connection lost': look for PgBouncer's word in the message")
 
 
 def test_timeout_layer_calls_other_errors_other(lab):
