@@ -3,7 +3,8 @@
 What is guaranteed, with bubblewrap (Linux): each lab runs as an unprivileged uid in
 its own PID and network namespaces (killed as a whole), sees no `solutions/` (but the
 reference labs its checks build on), no `.pglab/`, no secret, and reaches only its own
-database role through a socket the grader closes; the score comes only from records
+database, as its own role, through a socket the grader closes (any other database is
+refused: "permission denied for database"); the score comes only from records
 the grader can verify (collected checks reconciled, call phases, canaries), and a lab
 that tampers visibly is `integrity: suspect` with its points withheld. One learner
 cannot stop the batch nor change another's grade. Not guaranteed: that in-process
@@ -12,7 +13,7 @@ lab cannot see other databases' and roles' names. Without bubblewrap nothing is
 isolated and every report says so. Details: docs/GRADING.md.
 
 Modules: runner (one lab, a submission, a batch), sandbox (bubblewrap), inbox (its
-entry point inside), proxy (the database socket), isolation (roles and databases),
+entry point inside), proxy (the database socket), gate (its own database only), isolation (roles and databases),
 collector (the in-sandbox pytest plugin), scoring, report, hygiene, limits.
 """
 
@@ -28,7 +29,8 @@ import typer
 HELP = "\n\n".join([
     "Grade submissions with the course's own checks: results.json, junit.xml, summary.csv.",
     "Each lab runs sandboxed (bubblewrap: unprivileged uid, own PID and network namespaces, a read-only course"
-    " copy without solutions/ or secrets) in a database of its own, through a non-superuser role.",
+    " copy without solutions/ or secrets) in a database of its own, through a non-superuser role; its"
+    " connections are refused any other database of the server.",
     "Guaranteed: a check passes only when its call phase reported passed to the grader's own plugin; skips count"
     " as not passed unless the course declares them (PgBouncer); planted canaries and a source scan mark"
     " tampering as 'integrity: suspect' (points withheld); one learner cannot stop the batch or change another's"

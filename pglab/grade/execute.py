@@ -16,9 +16,10 @@ import sys
 import tempfile
 import threading
 from collections import deque
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from . import sandbox
 from .collector import CHANNEL_ENV
@@ -55,9 +56,13 @@ class _Tail:
         return b"".join(self.chunks)[-self.limit:] if not self.keep_all else b"".join(self.chunks)
 
 
-def run_lab(work: Path, files: list[str], dsn: str, limits: Limits,
-         jobs: int) -> tuple[list[dict[str, Any]], int, str, bool]:
-    """pytest on the lab in its sandbox; (records, foreign lines, problem, channel overflow)."""
+def run_lab(work: Path, files: list[str], dsn: str, limits: Limits, jobs: int,
+            databases: Collection[str]) -> tuple[list[dict[str, Any]], int, str, bool]:
+    """pytest on the lab in its sandbox; (records, foreign lines, problem, channel overflow).
+
+    `dsn` logs in to the lab's own database, the only one its proxy lets it open;
+    `databases` names the server's others, refused as the server would refuse them.
+    """
     kind = sandbox.kind()
     parts = urlsplit(dsn)
     token = secrets.token_hex(16)
@@ -72,7 +77,8 @@ def run_lab(work: Path, files: list[str], dsn: str, limits: Limits,
     proxy = None
     if kind == "bubblewrap":
         course_dir, target = sandbox.COURSE, sandbox.SUBMISSION
-        proxy = DatabaseProxy(work / "sock", parts.hostname or "127.0.0.1", parts.port or 5432, PROXY_CONNECTIONS)
+        proxy = DatabaseProxy(work / "sock", parts.hostname or "127.0.0.1", parts.port or 5432, PROXY_CONNECTIONS,
+                              database=unquote(parts.path.lstrip("/")), existing=databases)
         inner_dsn = dsn.replace(f"@{parts.hostname}:", "@127.0.0.1:", 1)
     else:
         course_dir, target, inner_dsn = str(work / "course"), str(work / "submission"), dsn

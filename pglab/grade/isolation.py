@@ -5,7 +5,9 @@ CREATEROLE and CREATEDB but no superuser rights; its password lives in
 `.pglab/grade-admin` (mode 600), which no sandbox sees. Grading administers
 everything through it. Each lab gets a role `grade_<grader pid>_<random>` (LOGIN, CREATEROLE so
 checks can make throw-away roles, a CONNECTION LIMIT, no other right) and a
-database of that name that it owns (TEMPORARY revoked from PUBLIC). Clean-up ends the role's
+database of that name that it owns (TEMPORARY revoked from PUBLIC). CONNECT stays granted
+to PUBLIC there, since the roles the lab's checks create must log in to it; the lab's proxy
+(gate.py) keeps its connections out of every other database. Clean-up ends the role's
 sessions, drops the database, then every role the lab created and the role itself,
 each under `lock_timeout`; a failure is returned to the caller as that learner's
 problem, never raised to stop the batch.
@@ -99,6 +101,7 @@ class LabDatabase:
     name: str
     password: str
     dsn: str  # as the lab's role, to its database
+    others: frozenset[str]  # the server's other databases when it was made: the gate refuses them by name
 
 
 def create(admin: str) -> LabDatabase:
@@ -106,7 +109,7 @@ def create(admin: str) -> LabDatabase:
     name = f"{PREFIX}{os.getpid():x}_{secrets.token_hex(4)}"  # the grader's pid: a batch finds its own
     password = secrets.token_urlsafe(18)
 
-    async def make() -> None:
+    async def make() -> frozenset[str]:
         conn = await _connect(admin)
         try:
             await conn.execute(f"CREATE ROLE {name} LOGIN CREATEROLE CONNECTION LIMIT {CONNECTIONS}"
@@ -117,11 +120,13 @@ def create(admin: str) -> LabDatabase:
             await conn.execute(f"CREATE DATABASE {name} OWNER {name} TEMPLATE template0")
             # Only this lab (and roles it creates) may use its database; other learners may not.
             await conn.execute(f"REVOKE TEMPORARY ON DATABASE {name} FROM PUBLIC")
+            rows = await conn.fetch("SELECT datname FROM pg_database WHERE datname <> $1", name)
+            return frozenset(row["datname"] for row in rows)
         finally:
             await conn.close()
 
-    asyncio.run(make())
-    return LabDatabase(name, password, with_login(admin, name, password, name))
+    others = asyncio.run(make())
+    return LabDatabase(name, password, with_login(admin, name, password, name), others)
 
 
 def drop(admin: str, name: str) -> str:

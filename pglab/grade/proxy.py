@@ -1,8 +1,9 @@
 """A Unix socket in front of the course server's TCP port, one per graded lab.
 
 The sandbox has no network: this socket, bound into it, is its only way to the
-database. It caps the lab's concurrent connections, and closing it ends every
-connection the lab still had, so no session of the lab outlives its sandbox.
+database. It admits only connections to the lab's own database (gate.py), caps the
+lab's concurrent connections, and closing it ends every connection the lab still
+had, so no session of the lab outlives its sandbox.
 """
 
 from __future__ import annotations
@@ -10,7 +11,10 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from collections.abc import Collection
 from pathlib import Path
+
+from .gate import admit
 
 
 def _pump(source: socket.socket, sink: socket.socket) -> None:
@@ -28,11 +32,17 @@ def _pump(source: socket.socket, sink: socket.socket) -> None:
 
 
 class DatabaseProxy:
-    """Listens on `<folder>/.s.PGSQL.5432` and joins each client to host:port over TCP."""
+    """Listens on `<folder>/.s.PGSQL.5432` and joins each client asking for `database` to host:port over TCP.
 
-    def __init__(self, folder: Path, host: str, port: int, max_connections: int) -> None:
+    `existing` names the server's databases, so that a refusal says what the server
+    would: no privilege for one that exists, "does not exist" for any other.
+    """
+
+    def __init__(self, folder: Path, host: str, port: int, max_connections: int, *, database: str,
+                 existing: Collection[str]) -> None:
         self.path = folder / ".s.PGSQL.5432"
         self._target = (host, port)
+        self._database, self._existing = database, existing
         self._slots = threading.BoundedSemaphore(max_connections)
         self._open: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -52,29 +62,35 @@ class DatabaseProxy:
             if not self._slots.acquire(blocking=False):  # over the cap: refused, as a full server would
                 client.close()
                 continue
-            try:
+            with self._lock:
+                self._open.add(client)
+            threading.Thread(target=self._join, args=(client,), daemon=True).start()
+
+    def _join(self, client: socket.socket) -> None:
+        upstream = None
+        try:  # the startup is read here, not in the accept loop: a slow client delays no other
+            first = admit(client, self._database, self._existing)
+            if first is not None:
                 upstream = socket.create_connection(self._target, timeout=10)
                 upstream.settimeout(None)
                 # Small protocol messages: without this, Nagle and delayed ACKs add ~40 ms a round trip.
                 upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                client.close()
-                self._slots.release()
-                continue
+                with self._lock:
+                    self._open.add(upstream)
+                upstream.sendall(first)
+                back = threading.Thread(target=_pump, args=(upstream, client), daemon=True)
+                back.start()
+                _pump(client, upstream)
+                back.join()
+        except OSError:
+            pass
+        finally:
             with self._lock:
-                self._open.update((client, upstream))
-            threading.Thread(target=self._join, args=(client, upstream), daemon=True).start()
-
-    def _join(self, client: socket.socket, upstream: socket.socket) -> None:
-        back = threading.Thread(target=_pump, args=(upstream, client), daemon=True)
-        back.start()
-        _pump(client, upstream)
-        back.join()
-        with self._lock:
-            self._open.difference_update((client, upstream))
-        for sock in (client, upstream):
-            sock.close()
-        self._slots.release()
+                self._open.difference_update((client, upstream))
+            for sock in (client, upstream):
+                if sock is not None:
+                    sock.close()
+            self._slots.release()
 
     def close(self) -> None:
         """Stop listening and cut every connection the lab still holds."""

@@ -61,7 +61,8 @@ def grade_lab(course: Course, submission: Path, lab: Lab, admin: str, opts: Opti
         canaries = Canaries.plant(work / "course" / "tests" / "labs")
         for path in (canaries.first, canaries.last):
             path.chmod(0o644)
-        for module, text in {**_other_labs(submission), lab.module: source}.items():
+        submitted = {**_other_labs(submission), lab.module: source}
+        for module, text in submitted.items():
             (work / "submission" / f"{module}.py").write_bytes(text)  # a capstone loads the learner's other labs
             (work / "submission" / f"{module}.py").chmod(0o644)
         files = [f"tests/labs/{canaries.first.name}", *files, f"tests/labs/{canaries.last.name}"]
@@ -73,13 +74,16 @@ def grade_lab(course: Course, submission: Path, lab: Lab, admin: str, opts: Opti
             return result
         hide_secret(database.password)
         try:
-            records, foreign, problem, overflow = run_lab(work, files, database.dsn, opts.limits, opts.jobs)
+            records, foreign, problem, overflow = run_lab(work, files, database.dsn, opts.limits, opts.jobs,
+                                                          database.others)
         finally:
             cleanup = isolation.drop(admin, database.name)
     verdict = reconcile(collected, records, foreign, canaries, problem)
     if not verdict.finished and not problem:
         problem = "the test run ended before pytest finished its session (os._exit or a crash in the lab's code?)"
-    suspect = [reason for reason in (scan(source.decode("utf-8", "replace")), verdict.suspect) if reason]
+    own = [text for module, text in sorted(submitted.items()) if module.startswith(f"lab{lab.id}_")]  # lab 09: 2
+    suspect = [reason for reason in (*(scan(text.decode("utf-8", "replace")) for text in own), verdict.suspect)
+               if reason]
     if overflow:
         suspect.append("the lab flooded the grader's result channel")
     result.tests = [_hide_extra(row, c) for row, c in zip(verdict.rows, collected, strict=True)]

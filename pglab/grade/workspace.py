@@ -46,8 +46,9 @@ def course_copy(course: Course, lab: Lab, folder: Path, extra_tests: Path | None
     needed = set(re.findall(r"load_solution\(\s*[\"'](\w+)[\"']", checks.read_text())) - {lab.module}
     if needed:
         (folder / "solutions").mkdir()
-        for module in sorted(needed):
-            shutil.copy2(root / "solutions" / f"{module}.py", folder / "solutions" / f"{module}.py")
+        for module in sorted(needed):  # with its sibling file, where that lab is in two (lab 09)
+            for path in sorted((root / "solutions").glob(f"{module[:len('labNN_')]}*.py")):
+                shutil.copy2(path, folder / "solutions" / path.name)
     if extra_tests:
         for path in sorted(extra_tests.glob(f"test_{lab.module}*.py")):
             (folder / "tests" / EXTRA).mkdir(exist_ok=True)

@@ -88,7 +88,7 @@ def batch(tmp_path_factory: pytest.TempPathFactory):
     finally:
         asyncio.run(_sql(f"DROP DATABASE IF EXISTS {sentinel}"))
     assert proc.returncode == 0, f"the grader failed:\n{proc.stderr[-3000:]}"
-    return out, proc, {"sentinel survived": bool(survived), "new .pth": _site_files() - before}
+    return out, proc, {"sentinel": sentinel, "sentinel survived": bool(survived), "new .pth": _site_files() - before}
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -147,6 +147,22 @@ def test_no_password_in_any_disguise_reaches_a_report_or_the_console(batch):
     for message in smuggled:
         for item in re.findall(r"'([^']*)'", message.split("smuggled [", 1)[1].split("]", 1)[0]):
             assert "***" in item, f"the role's password got out in disguise: {item!r}"
+
+
+def test_a_lab_opens_no_other_database_with_its_own_or_its_throwaway_roles_credentials(batch):
+    out, _, state = batch
+    report = json.loads((out / "17a_other_databases" / "results.json").read_text())
+    messages = [t["message"] for t in report["tests"] if t["message"].startswith("RuntimeError: opened: ")]
+    assert messages, "17a_other_databases: the message listing its attempts is expected in its report"
+    for message in messages:
+        opened, refused = message.split("; refused: ", 1)
+        assert opened == "RuntimeError: opened: []", f"a graded lab opened another database of the server: {opened}"
+        for target in ("postgres", "template1", state["sentinel"]):
+            for who in ("lab", "throwaway"):
+                assert f"'{who}->{target}': 'InsufficientPrivilegeError: permission denied for database" in refused, (
+                    f"the {who} role's attempt on {target} should be refused with 'permission denied for database': "
+                    f"{refused[:1000]}"
+                )
 
 
 def test_a_batch_writes_a_summary_with_every_learner(batch):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import time
 
 from pglab.grade.hygiene import learner_name, read_lab
 from pglab.grade.report import clean, clean_tail, hide_secret
@@ -82,6 +83,7 @@ def test_links_out_of_the_submission_are_refused_and_odd_names_made_safe(tmp_pat
 
 def test_the_database_proxy_caps_a_labs_connections_and_cuts_them_when_closed(tmp_path):
     import socket
+    import struct
     import threading
 
     from pglab.grade.proxy import DatabaseProxy
@@ -89,7 +91,8 @@ def test_the_database_proxy_caps_a_labs_connections_and_cuts_them_when_closed(tm
     server = socket.create_server(("127.0.0.1", 0))
     accepted: list[socket.socket] = []
     threading.Thread(target=lambda: [accepted.append(server.accept()[0]) for _ in range(2)], daemon=True).start()
-    proxy = DatabaseProxy(tmp_path, "127.0.0.1", server.getsockname()[1], max_connections=2)
+    proxy = DatabaseProxy(tmp_path, "127.0.0.1", server.getsockname()[1], max_connections=2, database="lab",
+                          existing=())
     clients = []
     for _ in range(3):
         client = socket.socket(socket.AF_UNIX)
@@ -97,7 +100,15 @@ def test_the_database_proxy_caps_a_labs_connections_and_cuts_them_when_closed(tm
         client.connect(str(proxy.path))
         clients.append(client)
     assert clients[2].recv(1) == b"", "a connection over the cap must be closed at once"
-    clients[0].sendall(b"ping")
+    params = b"user\0lab\0database\0lab\0\0"
+    startup = struct.pack("!II", 8 + len(params), 3 << 16) + params
+    clients[0].sendall(startup)
+    accepted_at = time.monotonic()
+    while not accepted and time.monotonic() - accepted_at < 10:
+        time.sleep(0.01)
+    assert accepted, "a startup for the lab's own database must be forwarded to the server"
+    accepted[0].settimeout(10)
+    assert accepted[0].recv(len(startup), socket.MSG_WAITALL) == startup, "the startup must reach the server as sent"
     proxy.close()
     assert clients[0].recv(16) == b"", "closing the proxy must cut the lab's connections"
     server.close()
