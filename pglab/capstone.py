@@ -6,6 +6,9 @@
 - `load_run()`: wrk (https://github.com/wg/wrk) in one-second slices, with a fault in
   the middle, and an SLO verdict (p99 latency, error rate, recovery time).
 - `pglab capstone run`: all of it, with `report.json` and a plot.
+- `--pgbouncer`: the workers connect through PgBouncer (`pglab.servers.pgbouncer`) in
+  transaction mode, and lab 16 builds its pool the lab 12 way; the drill still terminates
+  the real backends, which are then PgBouncer's server connections.
 """
 
 from __future__ import annotations
@@ -38,6 +41,12 @@ PARTS = {"database_pool": "lab01_database_pool", "settings": "lab03_database_set
 # What uvicorn logs when the app factory or the lifespan fails (its supervisor would retry forever).
 STARTUP_FAILED = ("Traceback (most recent call last)", "Application startup failed")
 WRK_HINT = "wrk is not installed: `apt-get install wrk` (Debian/Ubuntu) or `brew install wrk` (macOS)"
+DIRECT = "direct"
+# The course's PgBouncer fronts the shared server, which no drill may restart: the restart drill
+# puts a PgBouncer of its own in front of its private server. After a failed login PgBouncer
+# waits server_login_retry (15 s by default) before it tries the server again, which a restart
+# without PAUSE runs into: https://www.pgbouncer.org/config.html#server_login_retry
+RESTART_BOUNCER = {"server_login_retry": 1}
 
 
 @dataclass(frozen=True)
@@ -54,7 +63,10 @@ def app() -> Any:
     target = os.environ.get("PGLAB_TARGET", "labs")
     capstone = load_lab_module("lab16_capstone", target)
     parts = capstone.Parts(**{name: load_lab_module(module, target) for name, module in PARTS.items()})
-    return capstone.create_app(parts, settings_for(os.environ["PGLAB_CAPSTONE_DSN"], parts.settings))
+    settings = settings_for(os.environ["PGLAB_CAPSTONE_DSN"], parts.settings)
+    if os.environ.get("PGLAB_CAPSTONE_PGBOUNCER") == "1":
+        return capstone.create_app(parts, settings, behind_pgbouncer=True)
+    return capstone.create_app(parts, settings)  # a lab 16 older than behind_pgbouncer still serves direct
 
 
 def settings_for(dsn: str, lab03: Any) -> Any:
@@ -78,13 +90,15 @@ class Running:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
-def start(dsn: str, target: str, workers: int = 2) -> Running:
+def start(dsn: str, target: str, workers: int = 2, *, behind_pgbouncer: bool = False) -> Running:
     """Start the service in uvicorn with `workers` processes; returns once /healthz answers.
 
+    `behind_pgbouncer`: `dsn` leads to PgBouncer in transaction mode (see `through_pgbouncer`).
     Raises RuntimeError, with the service's last log lines, when it cannot start (an
     unfinished lab fails in the app factory or the lifespan)."""
     port = free_port()
-    env = {**os.environ, "PGLAB_TARGET": target, "PGLAB_CAPSTONE_DSN": dsn}
+    env = {**os.environ, "PGLAB_TARGET": target, "PGLAB_CAPSTONE_DSN": dsn,
+           "PGLAB_CAPSTONE_PGBOUNCER": "1" if behind_pgbouncer else "0"}
     command = [sys.executable, "-m", "uvicorn", "pglab.capstone:app", "--factory", "--host", "127.0.0.1",
                "--port", str(port), "--workers", str(workers), "--log-level", "warning", "--no-access-log"]
     log = Path(tempfile.mkstemp(prefix="pglab-capstone-", suffix=".log")[1])
@@ -100,9 +114,9 @@ def start(dsn: str, target: str, workers: int = 2) -> Running:
 
 
 @contextlib.contextmanager
-def served(dsn: str, target: str, workers: int = 2) -> Iterator[str]:
+def served(dsn: str, target: str, workers: int = 2, *, behind_pgbouncer: bool = False) -> Iterator[str]:
     """The service for the duration of a `with` block; yields its base URL; SIGTERM on exit."""
-    running = start(dsn, target, workers)
+    running = start(dsn, target, workers, behind_pgbouncer=behind_pgbouncer)
     try:
         yield running.url
     finally:
@@ -155,6 +169,7 @@ class LoadReport:
     slices: list[Slice] = field(default_factory=list)
     fault_at: float | None = None
     fault: str = ""
+    path: str = DIRECT  # how the workers reach PostgreSQL: "direct", or through PgBouncer and its pool_mode
 
     @property
     def requests(self) -> int:
@@ -189,7 +204,7 @@ class LoadReport:
         return broken
 
     def as_dict(self, slo: Slo) -> dict[str, Any]:
-        return {"slo": asdict(slo), "requests": self.requests, "error_rate": self.error_rate,
+        return {"slo": asdict(slo), "path": self.path, "requests": self.requests, "error_rate": self.error_rate,
                 "worst_p99_ms": self.worst_p99_ms, "recovery_s": self.recovery_s, "fault": self.fault,
                 "fault_at": self.fault_at, "broken": self.verdict(slo), "slices": [asdict(s) for s in self.slices]}
 
@@ -216,12 +231,12 @@ def parse_wrk(output: str, start: float) -> Slice:
 
 async def load_run(url: str, seconds: int = 12, *, connections: int = 16,
                    fault: Callable[[], Awaitable[Any]] | None = None, fault_after: float = 4.0,
-                   fault_name: str = "") -> LoadReport:
+                   fault_name: str = "", path: str = DIRECT) -> LoadReport:
     """wrk against `url` in one-second slices; `fault` runs once, `fault_after` seconds in."""
     wrk = shutil.which("wrk")
     if wrk is None:
         raise RuntimeError(WRK_HINT)
-    report, begin = LoadReport(fault=fault_name), time.monotonic()
+    report, begin = LoadReport(fault=fault_name, path=path), time.monotonic()
     fault_task: asyncio.Task[Any] | None = None
     while (now := time.monotonic() - begin) < seconds:
         if fault is not None and fault_task is None and now >= fault_after:
@@ -238,7 +253,10 @@ async def load_run(url: str, seconds: int = 12, *, connections: int = 16,
 
 
 async def terminate_service_backends(admin_dsn: str, database: str) -> int:
-    """The drill: terminate every client backend of `database` but our own."""
+    """The drill: terminate every client backend of `database` but our own.
+
+    `admin_dsn` leads to PostgreSQL itself, never to PgBouncer: behind PgBouncer the backends
+    are its server connections, and terminating them is the fault PgBouncer has to absorb."""
     import asyncpg
 
     conn = await asyncpg.connect(admin_dsn)
@@ -270,6 +288,20 @@ async def private_database(dsn: str) -> Any:
         await admin.close()
 
 
+def through_pgbouncer(dsn: str, database: str) -> tuple[str, str]:
+    """The DSN of `database` through the course's PgBouncer, and how the report names that path.
+
+    `dsn` is the course server's own DSN, the one every check passes to `ensure_pgbouncer` (a
+    different one would restart the PgBouncer others use); PgBouncer's `* =` entry routes any
+    database name to that server. Raises PgBouncerUnavailableError, saying how to install it."""
+    from .servers import pgbouncer
+    from .servers.dsn import with_database
+
+    front = pgbouncer.ensure_pgbouncer(dsn)
+    mode = next((row["value"] for row in pgbouncer.show("CONFIG", front) if row["key"] == "pool_mode"), "unknown")
+    return with_database(front, database), f"through PgBouncer, pool_mode={mode}"
+
+
 def plot(report: LoadReport, slo: Slo) -> Any:
     """A matplotlib Figure: latency, answered and failed requests per second, the fault marked."""
     import matplotlib.pyplot as plt
@@ -279,7 +311,8 @@ def plot(report: LoadReport, slo: Slo) -> Any:
     latency.plot(t, [s.p99_ms for s in report.slices], "o-", label="p99")
     latency.plot(t, [s.p50_ms for s in report.slices], "s-", label="p50")
     latency.axhline(slo.p99_ms, color="red", linestyle=":", label=f"SLO: p99 ≤ {slo.p99_ms:g} ms")
-    latency.set(ylabel="latency (ms)", yscale="log", title=f"Capstone under load, drill: {report.fault or 'none'}")
+    latency.set(ylabel="latency (ms)", yscale="log",
+                title=f"Capstone under load ({report.path}), drill: {report.fault or 'none'}")
     answered.bar(t, [s.requests for s in report.slices], width=0.8, label="answered 2xx")
     answered.set(ylabel="requests / s")
     failed.bar(t, [s.errors for s in report.slices], width=0.8, color="red", label="failed")
@@ -293,23 +326,48 @@ def plot(report: LoadReport, slo: Slo) -> Any:
 
 
 async def drill_run(dsn: str, target: str, *, drill: str = "terminate", workers: int = 2,
-                    seconds: int = 12) -> LoadReport:
-    """Serve the capstone on its own database, load it, and drill `drill` (terminate | restart | none)."""
+                    seconds: int = 12, pgbouncer: bool = False) -> LoadReport:
+    """Serve the capstone on its own database, load it, and drill `drill` (terminate | restart | none).
+
+    `pgbouncer`: the workers connect through PgBouncer (the course's, or for the restart drill one in
+    front of the private server, see RESTART_BOUNCER); raises PgBouncerUnavailableError where it cannot be had."""
     import httpx
 
     from .drills import PrivateServer
+    from .servers.pgbouncer import private_pgbouncer
 
     async with contextlib.AsyncExitStack() as stack:
+        path = DIRECT
         if drill == "restart":  # never the shared server: a private one of our own
             server = await stack.enter_async_context(PrivateServer())
             service_dsn, fault = server.dsn, server.restart
+            if pgbouncer:
+                service_dsn = stack.enter_context(private_pgbouncer(server.dsn, RESTART_BOUNCER))
+                path = "through PgBouncer, pool_mode=transaction, server_login_retry=1"
         else:
             service_dsn, database = await stack.enter_async_context(private_database(dsn))
+            # Always straight to PostgreSQL: the backends to kill are PgBouncer's, if it is there.
             fault = (lambda: terminate_service_backends(dsn, database)) if drill == "terminate" else None
-        url = stack.enter_context(served(service_dsn, target, workers))
+        if pgbouncer and drill != "restart":  # psql and sleeps inside: off the event loop
+            service_dsn, path = await asyncio.to_thread(through_pgbouncer, dsn, database)
+        url = stack.enter_context(served(service_dsn, target, workers, behind_pgbouncer=pgbouncer))
         async with httpx.AsyncClient(base_url=url, timeout=10) as client:
             await client.post("/items", json={"id": 1, "value": "capstone"})
-        return await load_run(f"{url}/items/1", seconds, fault=fault, fault_name=drill if fault else "")
+        return await load_run(f"{url}/items/1", seconds, fault=fault, fault_name=drill if fault else "", path=path)
+
+
+PGBOUNCER_OPTION = typer.Option("--pgbouncer", help="connect the workers through PgBouncer (transaction mode)")
+
+
+def pgbouncer_or_exit(dsn: str, echo: Callable[[str], Any]) -> tuple[str, str]:
+    """`through_pgbouncer` for the CLI: without PgBouncer, say how to install it and exit 3."""
+    from .servers.pgbouncer import PgBouncerUnavailableError
+
+    try:
+        return through_pgbouncer(dsn, urlsplit(dsn).path.lstrip("/"))
+    except PgBouncerUnavailableError as exc:
+        echo(f"--pgbouncer needs PgBouncer: {exc}")
+        raise typer.Exit(3) from None
 
 
 def register(app: typer.Typer) -> None:
@@ -321,16 +379,20 @@ def register(app: typer.Typer) -> None:
     def serve(
         target: Annotated[str, typer.Option(help="labs, solutions or a folder")] = "labs",
         workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 2,
+        pgbouncer: Annotated[bool, PGBOUNCER_OPTION] = False,
     ) -> None:
         """Serve lab 16 on the course database until Ctrl-C (try: curl URL/readyz)."""
         from .servers.database import database_url
 
+        dsn, path = database_url(), DIRECT
+        if pgbouncer:
+            dsn, path = pgbouncer_or_exit(dsn, lambda line: typer.echo(f"error: {line}", err=True))
         try:
-            running = start(database_url(), target, workers)
+            running = start(dsn, target, workers, behind_pgbouncer=pgbouncer)
         except RuntimeError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
-        typer.echo(f"serving lab 16 at {running.url} ({workers} workers); Ctrl-C stops it")
+        typer.echo(f"serving lab 16 at {running.url} ({workers} workers, {path}); Ctrl-C stops it")
         try:
             running.proc.wait()
         except KeyboardInterrupt:
@@ -345,11 +407,13 @@ def register(app: typer.Typer) -> None:
         workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 2,
         seconds: Annotated[int, typer.Option(help="length of the load run")] = 12,
         out: Annotated[Path, typer.Option(help="folder for report.json and slo.png")] = Path("capstone-results"),
+        pgbouncer: Annotated[bool, PGBOUNCER_OPTION] = False,
     ) -> None:
         """Serve lab 16, load it with wrk, drill a fault in the middle, and judge the SLO."""
         from rich.console import Console
 
         from .servers.database import database_url
+        from .servers.pgbouncer import PgBouncerUnavailableError
 
         console = Console()
         if drill not in ("terminate", "restart", "none"):
@@ -359,8 +423,14 @@ def register(app: typer.Typer) -> None:
             console.print(f"[red]error:[/] {WRK_HINT}")
             raise typer.Exit(3)
         slo = Slo()
-        with console.status(f"serving lab 16 ({workers} workers), {seconds} s of load, drill: {drill} ..."):
-            report = asyncio.run(drill_run(database_url(), target, drill=drill, workers=workers, seconds=seconds))
+        path = "through PgBouncer" if pgbouncer else DIRECT
+        with console.status(f"serving lab 16 ({workers} workers, {path}), {seconds} s of load, drill: {drill} ..."):
+            try:
+                report = asyncio.run(drill_run(database_url(), target, drill=drill, workers=workers,
+                                               seconds=seconds, pgbouncer=pgbouncer))
+            except PgBouncerUnavailableError as exc:
+                console.print(f"[red]error:[/] --pgbouncer needs PgBouncer: {exc}")
+                raise typer.Exit(3) from None
         out.mkdir(parents=True, exist_ok=True)
         (out / "report.json").write_text(json.dumps(report.as_dict(slo), indent=1))
         import matplotlib
@@ -368,7 +438,7 @@ def register(app: typer.Typer) -> None:
         matplotlib.use("Agg")
         plot(report, slo).savefig(out / "slo.png", dpi=110)
         broken = report.verdict(slo)
-        console.print(f"{report.requests} requests, error rate {report.error_rate:.2%}, worst p99 "
+        console.print(f"{report.path}: {report.requests} requests, error rate {report.error_rate:.2%}, worst p99 "
                       f"{report.worst_p99_ms:.0f} ms, recovery {report.recovery_s} s; {out}/report.json, slo.png")
         if broken:
             console.print("[red]SLO missed:[/] " + "; ".join(broken))

@@ -5,9 +5,13 @@ own pool in the lifespan (after the fork: a pool never crosses a fork, lab 14), 
 settings from lab 03, the pool of lab 01, the health monitor of lab 04 behind
 `/readyz`, the error mapping of lab 11, and lab 12's metrics at `/metrics`.
 
+Behind PgBouncer in transaction mode (`behind_pgbouncer=True`) the pool is lab 12's
+`create_pgbouncer_pool` instead: no statement cache, and of lab 01's startup parameters
+only `application_name` (PgBouncer refuses `search_path` and `statement_timeout`).
+
 The toolkit loads your earlier labs from the same tree and hands them over as `Parts`
-(labs never import each other); `pglab capstone run` serves the app, loads it with
-wrk, drills a fault in the middle and writes an SLO report.
+(labs never import each other); `pglab capstone run [--pgbouncer]` serves the app, loads
+it with wrk, drills a fault in the middle and writes an SLO report.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from starlette.routing import Route
 
 TABLE = "capstone_items"
 ACQUIRE_TIMEOUT = 2.0  # seconds a request may wait for a connection before it gets a 503
+APPLICATION_NAME = "pglab-capstone"
 
 
 @dataclass(frozen=True)
@@ -43,8 +48,8 @@ class Parts:
 class Service:
     """What one worker process holds: its pool, monitor and metrics."""
 
-    def __init__(self, parts: Parts, settings: Any) -> None:
-        self.parts, self.settings = parts, settings
+    def __init__(self, parts: Parts, settings: Any, behind_pgbouncer: bool = False) -> None:
+        self.parts, self.settings, self.behind_pgbouncer = parts, settings, behind_pgbouncer
         self.db = parts.database_pool.DatabasePool()
         self.registry = CollectorRegistry()  # one per worker: never the process-global one
         self.monitor: Any = None
@@ -56,7 +61,13 @@ class Service:
         kwargs = self.settings.get_pool_kwargs()
         dsn = kwargs.pop("dsn")
         kwargs.pop("timeout", None)  # lab 01's initialize() has no connect timeout parameter
-        await self.db.initialize(dsn, **kwargs, application_name="pglab-capstone")
+        if self.behind_pgbouncer:
+            # Lab 12's pool, held by lab 01's wrapper: each transaction may run on another server
+            # connection, so no statement cache, and startup parameters PgBouncer forwards only.
+            self.db.pool = await self.parts.production.create_pgbouncer_pool(
+                dsn, **kwargs, server_settings={"application_name": APPLICATION_NAME})
+        else:
+            await self.db.initialize(dsn, **kwargs, application_name=APPLICATION_NAME)
         async with self.db.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
             await conn.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} (id int PRIMARY KEY, value text NOT NULL)")
         self.metrics = self.parts.production.PoolMetricsExporter(self.db.pool, registry=self.registry)
@@ -87,9 +98,11 @@ def _error(service: Service, exc: Exception) -> JSONResponse:
     # END SOLUTION
 
 
-def create_app(parts: Parts, settings: Any) -> Starlette:
-    """The service: /healthz, /readyz, /items/{id} (GET), /items (POST), /slow/{ms}, /metrics."""
-    service = Service(parts, settings)
+def create_app(parts: Parts, settings: Any, *, behind_pgbouncer: bool = False) -> Starlette:
+    """The service: /healthz, /readyz, /items/{id} (GET), /items (POST), /slow/{ms}, /metrics.
+
+    `behind_pgbouncer`: `settings` point at PgBouncer in transaction mode, not at PostgreSQL."""
+    service = Service(parts, settings, behind_pgbouncer)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

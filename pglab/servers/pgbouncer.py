@@ -67,6 +67,7 @@ SETTINGS = frozenset({
     "pool_mode", "default_pool_size", "min_pool_size", "reserve_pool_size", "reserve_pool_timeout",
     "max_client_conn", "max_db_connections", "query_timeout", "query_wait_timeout", "client_idle_timeout",
     "idle_transaction_timeout", "server_idle_timeout", "server_lifetime", "server_connect_timeout",
+    "server_login_retry",
 })
 CUSTOM_HINT = (
     "PgBouncer with custom settings needs a local `pgbouncer` (a PgBouncer at PGLAB_PGBOUNCER_URL "
@@ -209,6 +210,28 @@ def ensure_pgbouncer(upstream: str | None = None, *, max_prepared_statements: in
         port = _start(folder, binary, upstream, max_prepared_statements, extra)
         _state_file(folder).write_text(json.dumps({"port": port}))
         return _client_dsn(upstream, port)
+
+
+@contextlib.contextmanager
+def private_pgbouncer(upstream: str, settings: Mapping[str, str | int | float] | None = None) -> Iterator[str]:
+    """A PgBouncer of its own in front of `upstream` (a private server a drill restarts), on a free port,
+    stopped and removed on exit: `with private_pgbouncer(server.dsn) as dsn:`. Raises
+    PgBouncerUnavailableError where there is no local binary."""
+    import shutil
+    import tempfile
+
+    extra = checked_settings(settings)
+    binary = pgbouncer_binary()
+    if binary is None:
+        raise PgBouncerUnavailableError(CUSTOM_HINT)
+    folder = Path(tempfile.mkdtemp(prefix="pglab-pgbouncer-"))  # not under pytest's tmp_path (mode 0700)
+    try:
+        port = _start(folder, binary, upstream, 0, extra)
+        _state_file(folder).write_text(json.dumps({"port": port}))  # _stop() finds it by its pid file and port
+        yield _client_dsn(upstream, port)
+    finally:
+        _stop(folder)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def admin_dsn(dsn: str | None = None) -> str:
