@@ -26,14 +26,21 @@ help:
 	@echo "make setup      only install .venv (uv, else pip) and the git filter that keeps notebook outputs out of git"
 
 # uv installs the pinned set in seconds; pip is the fallback wherever uv cannot be had.
-UV := uv==0.13.8
+# Fast path: a venv without pip (ensurepip alone takes seconds), uv put into it by this Python's
+# own pip, then uv installs the requirements and pip itself (for `make mutation` and `%pip`).
+# Fallback: the venv's own pip (ensurepip), several times slower.
+UV  := uv==0.13.8
+PIP := pip==26.3
+PIP_INSTALL := --quiet --disable-pip-version-check
 
 $(STAMP): requirements.txt pyproject.toml
-	$(PYTHON) -c 'import sys; sys.exit("Python >= 3.11 is needed, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	{ $(BIN)/python -m pip install --quiet --disable-pip-version-check $(UV) \
-	  && $(BIN)/python -m uv pip install --quiet --python $(BIN)/python -r requirements.txt; } \
-	|| $(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	@$(PYTHON) -c 'import sys; sys.exit("Python >= 3.11 is needed, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
+	test -x $(BIN)/python || $(PYTHON) -m venv --without-pip $(VENV)
+	test -x $(BIN)/uv || $(PYTHON) -m pip --python $(BIN)/python install $(PIP_INSTALL) $(UV) \
+	  || echo "uv could not be installed: installing with pip instead (slower)"
+	if [ -x $(BIN)/uv ] && $(BIN)/uv pip install --quiet --python $(BIN)/python -r requirements.txt $(PIP); then :; \
+	else $(BIN)/python -m pip --version >/dev/null 2>&1 || $(BIN)/python -m ensurepip --default-pip; \
+	  $(BIN)/python -m pip install $(PIP_INSTALL) -r requirements.txt; fi
 	$(MAKE) --no-print-directory git-filter
 	touch $(STAMP)
 
@@ -62,15 +69,21 @@ db-down: setup
 
 # JupyterLab's terminals inherit this environment: the course's .venv first on PATH, so
 # `pglab` and `python` there are the course's. PGLAB_TARGET=labs: notebooks load your labs/.
-lab: db-up
-	$(BIN)/pglab progress
+# PostgreSQL starts while JupyterLab does (each takes seconds); a notebook that asks for the
+# database first just waits for it (the server's start is locked).
+lab: setup
 	@printf '%s\n' '[ -f ~/.bashrc ] && . ~/.bashrc' \
 	  'export VIRTUAL_ENV="$(abspath $(VENV))" PATH="$(abspath $(BIN)):$$PATH"' > "$(TERMINAL_RC)"
+	{ $(BIN)/pglab db up || { echo "make lab: PostgreSQL did not start (the reason is above); fix it, then: make db-up"; \
+	  exit 1; }; $(BIN)/pglab progress; } & \
 	PATH="$(abspath $(BIN)):$$PATH" VIRTUAL_ENV="$(abspath $(VENV))" PGLAB_TARGET=labs \
-	  $(BIN)/jupyter lab --ServerApp.root_dir=. $(ROOT_FLAG) $(JUPYTER_TERMINAL) $(ARGS) tutorials/00-why-pooling.ipynb
+	  exec $(BIN)/jupyter lab --ServerApp.root_dir=. $(ROOT_FLAG) $(JUPYTER_TERMINAL) $(ARGS) tutorials/00-why-pooling.ipynb
 
+# Test files run on TEST_JOBS workers (pytest-xdist), each file whole on one worker: most checks
+# wait on the server, not the CPU, so 3 workers halve the time even on 2 cores. TEST_JOBS=0: serial.
+TEST_JOBS ?= 3
 test: db-up
-	$(BIN)/pytest --nbmake tests tutorials workshops $(ARGS)
+	$(BIN)/pytest --nbmake -n $(TEST_JOBS) --dist loadfile tests tutorials workshops $(ARGS)
 
 check: setup
 	$(BIN)/pglab check $(LAB)
@@ -83,7 +96,7 @@ grade: setup
 	$(BIN)/pglab grade --submission "$(SUBMISSION)" $(ARGS)
 
 mutation: db-up
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-mutation.txt
+	$(BIN)/python -m pip install $(PIP_INSTALL) -r requirements-mutation.txt
 	$(BIN)/pglab mutation --out mutation-results $(ARGS)
 
 bench: db-up

@@ -53,7 +53,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_TARGET] = target
     if not any(line.startswith("deadline") for line in config.getini("markers")):  # e.g. a course copy's own ini
         config.addinivalue_line("markers", f"deadline(seconds): an async check's deadline ({DEFAULT_DEADLINE:g} s)")
-    if path := config.getoption("--pglab-report"):
+    if (path := config.getoption("--pglab-report")) and not hasattr(config, "workerinput"):
+        # Under pytest-xdist only the controller writes the report: it receives every worker's results.
         config.stash[_REPORT] = Path(path)
         config.pluginmanager.register(JsonReport(Path(path)), "pglab-json-report")
 
