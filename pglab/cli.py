@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -233,13 +234,14 @@ def _watch_round(course: Course, lab: Lab) -> tuple[Lab, LabResult]:
         lab = later[0]
         console.rule(f"lab {lab.id}")
         _check(course, lab, "labs", False, watching=True)
-    console.print(f"[dim]watching {lab.skeleton} ... save it to re-run the checks (Ctrl-C to stop)[/]")
+    console.print(f"[dim]watching {lab.learner_files(course.root)} ... save to re-run the checks (Ctrl-C to stop)[/]")
     return lab, result
 
 
 def _saved(lab: Lab, changes: set[tuple[object, str]]) -> bool:
-    """True when `changes` include the lab's own file: saving another lab never switches labs."""
-    return any(os.path.basename(path) == f"{lab.module}.py" for _, path in changes)
+    """True when `changes` include one of the lab's own files (lab 09 has two): saving another lab never
+    switches labs."""
+    return any(re.fullmatch(rf"lab{lab.id}_\w+\.py", os.path.basename(path)) for _, path in changes)
 
 
 def _manual_loop(course: Course, lab: Lab) -> None:
