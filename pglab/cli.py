@@ -318,12 +318,15 @@ def verify_checks(
     jobs: Annotated[int, typer.Option(help="mutants run in parallel")] = 2,
     solutions_report: Annotated[Path | None, typer.Option(
         help="a --pglab-report of a run on solutions/ to reuse (e.g. make test's) instead of running again")] = None,
+    update_hints: Annotated[bool, typer.Option(
+        help="write each mutant's first catching check into its file (caught_by), so the next run tries it first")
+    ] = False,
 ) -> None:
     """Course self-check: the checks flip (solution passes, skeleton fails) and catch every mutant."""
     course = _course()
     chosen = [course.lab(lab_id) for lab_id in labs] if labs else course.labs
     failures = _verify_flips(course, chosen, solutions_report) if flips else 0
-    failures += _verify_mutants(course, chosen, jobs) if mutants else 0
+    failures += _verify_mutants(course, chosen, jobs, update_hints) if mutants else 0
     if failures:
         raise fail(f"verify-checks: {failures} problem(s), listed above", 1)
 
@@ -346,8 +349,8 @@ def _verify_flips(course: Course, labs: list[Lab], solutions_report: Path | None
     return len(bad)
 
 
-def _verify_mutants(course: Course, labs: list[Lab], jobs: int) -> int:
-    from .mutants import verify_mutants
+def _verify_mutants(course: Course, labs: list[Lab], jobs: int, update: bool) -> int:
+    from .mutants import update_hints, verify_mutants
 
     with console.status(f"planting the mutants of {len(labs)} lab(s) in the solutions ..."):
         verdicts, problems = verify_mutants(course, labs, jobs)
@@ -367,6 +370,13 @@ def _verify_mutants(course: Course, labs: list[Lab], jobs: int) -> int:
         console.print(f"lab {lab_id}: {killed}/{alive + killed} mutants killed")
     if not survivors and not problems:
         console.print(f"[green]all {len(verdicts)} mutants are caught by at least one check[/]")
+    if outdated := [v for v in verdicts if v.hint_outdated]:
+        if update:
+            for path in update_hints(course, verdicts):
+                console.print(f"updated the caught_by hints in {path.relative_to(course.root)}")
+        else:
+            console.print(f"[dim]{len(outdated)} mutant(s) without an up-to-date caught_by hint: "
+                          "`pglab verify-checks --update-hints` makes the next run faster[/]")
     return len(survivors) + len(problems)
 
 

@@ -11,7 +11,11 @@ name = "release-outside-finally"
 bug = "the connection is given back only when the body succeeds"
 edits = [["old text", "new text"]]
 module = "lab09_base"  # optional: a lab in two files plants the bug in its other module
+caught_by = "test_x"   # optional, written by `verify-checks --update-hints`: run first, alone
 ```
+
+`caught_by` only saves time: that check runs alone first, and when it no longer fails,
+every check of the lab runs as without it.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ class Mutant(BaseModel):
     bug: str = Field(min_length=10)
     edits: list[tuple[str, str]] = Field(min_length=1)
     module: str | None = Field(default=None, pattern=r"^lab\d{2}_[a-z0-9_]+$")  # default: the lab's module
+    caught_by: str | None = Field(default=None, pattern=r"^test_\w+(\[[^\]\n]*\])?$")  # a hint: tried first
 
     def apply(self, source: str, where: str) -> str:
         """`source` with every edit applied; each `old` must occur exactly once."""
@@ -87,6 +92,12 @@ class MutantVerdict:
     mutant: Mutant
     killed_by: list[str] = field(default_factory=list)  # the checks that failed on it
     error: str = ""  # the run itself went wrong: counted as not killed, and shown
+    hint_stale: bool = False  # `caught_by` no longer caught it alone: the whole lab ran
+
+    @property
+    def hint_outdated(self) -> bool:
+        """A killed mutant whose `caught_by` is missing or is not the check that caught it first."""
+        return self.killed and self.killed_by[0].startswith("test_") and self.mutant.caught_by != self.killed_by[0]
 
     @property
     def killed(self) -> bool:
@@ -117,12 +128,24 @@ def build_target(course: Course, lab: Lab, mutant: Mutant, folder: Path) -> Path
 
 
 def run_mutant(course: Course, lab: Lab, mutant: Mutant) -> MutantVerdict:
-    """Run `lab`'s checks against the solution with `mutant` planted; stop at the first failure."""
-    verdict = MutantVerdict(lab, mutant)
+    """Run `lab`'s checks against the solution with `mutant` planted; stop at the first failure.
+    The `caught_by` check, if any, runs alone first: when it fails, that is proof enough."""
     with tempfile.TemporaryDirectory(prefix=f"pglab-mutant-{lab.id}-") as tmp:
         target = build_target(course, lab, mutant, Path(tmp) / "labs")
+        if mutant.caught_by:
+            verdict = _run_checks(course, lab, mutant, target, [f"{lab.tests}::{mutant.caught_by}"])
+            if verdict.killed:
+                return verdict
+        verdict = _run_checks(course, lab, mutant, target, [lab.tests])
+        verdict.hint_stale = bool(mutant.caught_by)
+    return verdict
+
+
+def _run_checks(course: Course, lab: Lab, mutant: Mutant, target: Path, tests: list[str]) -> MutantVerdict:
+    verdict = MutantVerdict(lab, mutant)
+    with tempfile.TemporaryDirectory(prefix=f"pglab-mutant-{lab.id}-report-") as tmp:
         report = Path(tmp) / "report.json"
-        command = pytest_command([lab.tests], str(target), report, "-x")
+        command = pytest_command(tests, str(target), report, "-x")
         try:
             proc = subprocess.run(command, cwd=course.root, capture_output=True, text=True,
                                   timeout=MUTANT_TIMEOUT)
@@ -163,3 +186,25 @@ def verify_mutants(course: Course, labs: list[Lab], jobs: int = 2) -> tuple[list
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         return list(pool.map(one, work)), problems
+
+
+def update_hints(course: Course, verdicts: list[MutantVerdict]) -> list[Path]:
+    """Write each killed mutant's first catching check as its `caught_by`; the files changed."""
+    changed: dict[Path, str] = {}
+    for v in (v for v in verdicts if v.hint_outdated):
+        path = mutants_file(course, v.lab)
+        text = changed.get(path) or path.read_text()
+        changed[path] = _with_caught_by(text, v.mutant.name, v.killed_by[0])
+    for path, text in changed.items():
+        path.write_text(text)
+    return sorted(changed)
+
+
+def _with_caught_by(text: str, name: str, check: str) -> str:
+    """`text` with `caught_by = "<check>"` right after the mutant's `name = ` line (replacing an old one)."""
+    lines = text.splitlines(keepends=True)
+    at = lines.index(f'name = "{name}"\n')
+    end = next((i for i in range(at + 1, len(lines)) if lines[i].startswith("[[mutant]]")), len(lines))
+    lines = [line for i, line in enumerate(lines) if not (at < i < end and line.startswith("caught_by = "))]
+    lines.insert(at + 1, f"caught_by = {json.dumps(check)}\n")
+    return "".join(lines)
