@@ -3,10 +3,14 @@
 The kept mutants in `tests/mutants/` are bugs a person chose; this is the machine's
 complement. cosmic-ray (https://cosmic-ray.readthedocs.io) mutates every operator,
 constant and statement it can in a lab's solved module; only mutations inside the
-`# BEGIN SOLUTION` regions, the code a learner writes, are run. Each mutant runs the
-lab's checks (`-x`, first failure wins). The score is killed / run; the survivors are
-listed with their diff, for an author to judge: an equivalent mutant (one that changes
-nothing a learner could observe) is noted in `tests/mutants/EQUIVALENT.md`, any other
+`# BEGIN SOLUTION` regions, the code a learner writes, are run. cosmic-ray's core
+operators only touch operators and constants, and much of what a learner writes in an
+asyncio lab has neither (`return await conn.fetch(query, *args)`): three course
+operators add the slips of async code, a deleted statement, a forgotten `await` and a
+keyword argument dropped to `None` (a lost `timeout=`). Each mutant runs the lab's checks
+(`-x`, first failure wins). The score is killed / run; the survivors are listed with their
+diff, for an author to judge: an equivalent mutant (one that changes nothing a learner
+could observe) is noted under "Mutation survivors" in `docs/BEHAVIOURS.md`, any other
 survivor asks for a check. Long (minutes to an hour per lab): not part of CI.
 """
 
@@ -16,10 +20,11 @@ import json
 import shlex
 import subprocess
 import sys
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -28,6 +33,7 @@ from .course import Course, Lab
 from .labgen import BEGIN, END
 from .mutants import write_solved
 
+Position = tuple[int, int]  # (line, column) in parso's terms
 INSTALL_HINT = "cosmic-ray is not installed: `make mutation` installs it (requirements-mutation.txt)"
 
 
@@ -58,6 +64,65 @@ def solution_lines(source: str) -> set[int]:
             if inside:
                 lines.add(number)
     return lines
+
+
+def course_operators() -> dict[str, type]:
+    """The course's own cosmic-ray operators, by name (cosmic-ray must be importable)."""
+    from cosmic_ray.operators.operator import Example, Operator
+    from parso.python.tree import Keyword
+
+    class StatementToPass(Operator):
+        """A simple statement replaced by `pass`: the forgotten line (a release, a rollback, a reset)."""
+
+        def mutation_positions(self, node: Any) -> Iterator[tuple[Position, Position]]:
+            if node.type == "simple_stmt" and node.children[0].type != "string" \
+                    and node.children[0].get_code().strip() not in ("pass", "..."):
+                yield node.start_pos, node.end_pos
+
+        def mutate(self, node: Any, index: int) -> Any:
+            first, last = node.children[0], node.children[-1]
+            node.children = [Keyword("pass", first.start_pos, first.get_first_leaf().prefix)]
+            node.children += [last] if last.type == "newline" else []
+            return node
+
+        @classmethod
+        def examples(cls) -> tuple[Example, ...]:
+            return (Example("x = f()\n", "pass\n"),)
+
+    class RemoveAwait(Operator):
+        """`await f()` becomes `f()`: the coroutine is created and never run."""
+
+        def mutation_positions(self, node: Any) -> Iterator[tuple[Position, Position]]:
+            if isinstance(node, Keyword) and node.value == "await":
+                yield node.start_pos, node.end_pos
+
+        def mutate(self, node: Any, index: int) -> Any:
+            # The indentation (or space) in front of `await` moves to what followed it.
+            node.get_next_leaf().prefix, node.prefix, node.value = node.prefix, "", ""
+            return node
+
+        @classmethod
+        def examples(cls) -> tuple[Example, ...]:
+            return (Example("await f()\n", "f()\n"),)
+
+    class KeywordArgumentToNone(Operator):
+        """`f(timeout=t)` becomes `f(timeout=None)`: a setting that never reaches the call."""
+
+        def mutation_positions(self, node: Any) -> Iterator[tuple[Position, Position]]:
+            if node.type == "argument" and len(node.children) == 3 and node.children[1].type == "operator" \
+                    and node.children[1].value == "=" and node.children[2].get_code().strip() != "None":
+                yield node.start_pos, node.end_pos
+
+        def mutate(self, node: Any, index: int) -> Any:
+            value = node.children[2]
+            node.children[2] = Keyword("None", value.start_pos, value.get_first_leaf().prefix)
+            return node
+
+        @classmethod
+        def examples(cls) -> tuple[Example, ...]:
+            return (Example("f(timeout=t)\n", "f(timeout=None)\n"),)
+
+    return {op.__name__: op for op in (StatementToPass, RemoveAwait, KeywordArgumentToNone)}
 
 
 def _config(module: Path, command: str, timeout: float) -> str:
@@ -114,12 +179,14 @@ def run_lab(course: Course, lab: Lab, workdir: Path, timeout: float = 120.0) -> 
                f"-x -q --no-header {disabled}")
     config, session = workdir / lab.id / "cosmic-ray.toml", workdir / lab.id / "session.sqlite"
     config.write_text(_config(module, command, timeout))
-    tool = [sys.executable, "-m", "cosmic_ray.cli"]
+    session.unlink(missing_ok=True)  # a fresh run: cosmic-ray refuses to init over an old session's results
+    tool = [sys.executable, "-m", "pglab.mutation"]  # cosmic-ray's command line, with the course operators
     steps = (["init", str(config), str(session)], ["exec", str(config), str(session)])
     for step in steps:
         proc = subprocess.run([*tool, *step], cwd=course.root, capture_output=True, text=True)
         if proc.returncode != 0:
-            return LabScore(lab.id, error=f"cosmic-ray {step[0]} failed: {proc.stderr.strip()[-500:]}")
+            output = (proc.stderr.strip() or proc.stdout.strip())[-500:]  # cosmic-ray logs to stdout
+            return LabScore(lab.id, error=f"cosmic-ray {step[0]} failed: {output}")
         if step[0] == "init":  # before exec: run only what a learner writes
             _skip_outside(session, solution_lines((course.root / lab.solution).read_text()))
     score = _score(session, lab)
@@ -156,3 +223,11 @@ def register(app: typer.Typer) -> None:
              for s in scores], indent=1))
         if any(s.error for s in scores):
             raise typer.Exit(1)
+
+
+if __name__ == "__main__":  # `python -m pglab.mutation init|exec ...`: cosmic-ray plus the course operators
+    import cosmic_ray.cli
+    import cosmic_ray.plugins
+
+    cosmic_ray.plugins.OPERATOR_PROVIDERS["pglab"] = course_operators()
+    sys.exit(cosmic_ray.cli.main())

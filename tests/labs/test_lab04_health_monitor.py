@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import time
 import uuid
 from datetime import datetime
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -91,11 +92,16 @@ async def test_unknown_before_the_first_check_then_healthy_on_the_live_server(la
     assert status["status"] == "unknown" and not monitor.is_healthy(), (
         f"before any check the status should be 'unknown' and is_healthy() False, got {status}"
     )
+    called = time.perf_counter()
     result = await within(monitor.check_health(), 10, "check_health()")
+    took = time.perf_counter() - called
     assert isinstance(result, dict) and KEYS <= set(result), f"check_health() should return a dict with {KEYS}"
     assert result["status"] == "healthy", f"the live server should be healthy, got {result}"
     assert result["error"] is None and result["consecutive_failures"] == 0
-    assert isinstance(result["response_time"], float) and result["response_time"] >= 0
+    assert isinstance(result["response_time"], float) and 0 <= result["response_time"] <= took, (
+        f"response_time should be the check's duration in seconds, between 0 and the {took:.3f} s the call "
+        f"took, got {result['response_time']!r}: time.perf_counter() after the check minus before it"
+    )
     assert isinstance(result["last_check"], datetime), "last_check should be the datetime of the check"
     assert result["pool_stats"] == pool.get_pool_stats(), "pool_stats should be the pool's get_pool_stats()"
     assert monitor.is_healthy() and monitor.get_health_status()["status"] == "healthy"

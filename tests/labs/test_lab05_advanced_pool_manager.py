@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -112,7 +113,7 @@ def test_only_connection_level_failures_are_retryable(lab):
     retryable = [asyncpg.ConnectionDoesNotExistError("closed"), asyncpg.AdminShutdownError("terminated"),
                  asyncpg.CannotConnectNowError("starting up"), ConnectionRefusedError("refused")]
     final = [asyncpg.UniqueViolationError("duplicate"), asyncpg.PostgresSyntaxError("syntax"),
-             asyncio.TimeoutError(), TimeoutError("timed out"), ValueError("bad argument")]
+             TimeoutError("timed out"), ValueError("bad argument")]  # asyncio.TimeoutError is TimeoutError
     for exc in retryable:
         assert lab.is_retryable(exc), f"{type(exc).__name__} is a connection-level failure: retry it"
     for exc in final:
@@ -139,6 +140,12 @@ async def test_session_settings_and_the_jsonb_codec_are_on_every_connection_even
                     f"{round_}: a jsonb value came back as {doc!r}, expected the dict {{'a': [1, 2]}}: the init hook "
                     "should set a jsonb type codec (conn.set_type_codec) on every new connection"
                 )
+                try:
+                    echoed = await conn.fetchval("SELECT $1::jsonb", {"b": [3]})
+                except (TypeError, asyncpg.DataError) as exc:
+                    pytest.fail(f"{round_}: a dict passed as a jsonb parameter failed ({exc!r}): the jsonb codec "
+                                "needs an encoder (json.dumps) as well as a decoder (json.loads)")
+                assert echoed == {"b": [3]}, f"{round_}: a dict sent as jsonb came back as {echoed!r}"
         finally:
             for conn in conns:
                 await manager.pool.release(conn)
@@ -174,7 +181,8 @@ async def test_server_warnings_are_counted_on_every_borrow(start):
         for _ in range(2):  # two borrows of the same connection: the listener must be there both times
             async with manager.acquire() as conn:
                 await conn.execute("DO $$ BEGIN RAISE WARNING 'pglab check warning'; END $$")
-                await conn.execute("DO $$ BEGIN RAISE NOTICE 'pglab check notice'; END $$")
+                for _ in range(2):  # more NOTICEs than WARNINGs: counting the wrong ones shows
+                    await conn.execute("DO $$ BEGIN RAISE NOTICE 'pglab check notice'; END $$")
     leaked = [str(w.message) for w in caught if "listener" in str(w.message)]
     assert not leaked, f"asyncpg warns about a log listener left on a released connection: {leaked[0]}"
 
@@ -193,6 +201,14 @@ async def test_get_pool_metrics_is_awaitable_and_reports_pool_and_health(start):
 
     await eventually(healthy, 5, "the health monitor never reported status 'healthy' against the live server "
                      "(does initialize_pool() start the monitor, and get_pool_metrics() report its status?)")
+    first_check = (await manager.get_pool_metrics())["health_stats"]["last_check"]
+
+    async def checked_again() -> bool:
+        return (await manager.get_pool_metrics())["health_stats"]["last_check"] != first_check
+
+    await eventually(checked_again, 5, "with health_check_interval=0.1 the monitor did not check again within 5 s: "
+                     "pass check_interval=self.health_check_interval and timeout=self.health_check_timeout "
+                     "to the monitor factory")
     async with manager.acquire() as _conn:
         metrics = await within(manager.get_pool_metrics(), 5, "get_pool_metrics()")
     assert set(metrics) >= {"pool_stats", "health_stats", "connection_counter", "error_counter", "error_rate"}, (
@@ -205,6 +221,79 @@ async def test_get_pool_metrics_is_awaitable_and_reports_pool_and_health(start):
     )
     assert metrics["connection_counter"] >= 2 and metrics["error_counter"] == 0, metrics
     assert metrics["health_stats"]["last_check"] is not None, "health_stats should record when it last checked"
+
+
+async def test_metrics_count_borrows_and_errors_and_read_zero_without_a_pool(lab, load_solution, start):
+    monitor_class = load_solution("lab04_health_monitor").ConnectionHealthMonitor
+    unstarted = lab.AdvancedPoolManager(monitor_class)
+    metrics = await within(unstarted.get_pool_metrics(), 5, "get_pool_metrics() before initialize_pool()")
+    zeros = dict.fromkeys(("min_size", "max_size", "size", "idle", "in_use"), 0)
+    assert metrics["pool_stats"] == zeros and metrics["error_rate"] == 0.0, (
+        f"before initialize_pool() the stats should all be 0 and error_rate 0.0 (lab 07 samples it): {metrics}"
+    )
+    manager = await start(min_size=3, max_size=4, health_check_interval=60)
+
+    async def first_check_done() -> bool:
+        return (await manager.get_pool_metrics())["health_stats"].get("last_check") is not None
+
+    await eventually(first_check_done, 5, "the health monitor's first check never ran")
+    borrows, errors = manager.borrow_counter, manager.error_counter
+    async with manager.acquire() as conn, manager.acquire() as _other:
+        stats = manager.get_pool_stats()
+        await conn.execute("DO $$ BEGIN RAISE WARNING 'pglab check warning'; END $$")
+    async with manager.acquire() as _conn:
+        pass
+    assert (stats["size"], stats["idle"], stats["in_use"]) == (3, 1, 2), (
+        f"3 connections open, 2 borrowed: expected size 3, idle 1, in_use 2 (size - idle), got {stats}"
+    )
+    assert manager.borrow_counter - borrows == 3, (
+        f"3 borrows through acquire() raised borrow_counter by {manager.borrow_counter - borrows}: count 1 per borrow"
+    )
+
+    async def warning_counted() -> bool:
+        return manager.error_counter == errors + 1
+
+    await eventually(warning_counted, 2, "the WARNING was not counted in error_counter")
+    rate = (await manager.get_pool_metrics())["error_rate"]
+    expected = (errors + 1) / (borrows + 3)
+    assert rate == pytest.approx(expected), (
+        f"error_rate should be error_counter / borrow_counter = {errors + 1}/{borrows + 3} = {expected:.3f}, got {rate}"
+    )
+
+
+async def test_execute_with_retry_backs_off_exponentially_with_jitter(lab, start, monkeypatch):
+    manager = await start(health_check_interval=60)
+    real_sleep, delays = asyncio.sleep, []
+
+    def recorded_sleep(delay: float, result: Any = None) -> Any:
+        """asyncio.sleep that records, and skips, the sleeps the lab module awaits."""
+        if sys._getframe(1).f_globals.get("__name__") != lab.__name__:
+            return real_sleep(delay, result)
+
+        async def recorded() -> Any:  # runs only when awaited: a sleep never awaited never waits
+            delays.append(delay)
+            return await real_sleep(0, result)
+
+        return recorded()
+
+    monkeypatch.setattr(asyncio, "sleep", recorded_sleep)
+    with pytest.raises((asyncpg.PostgresConnectionError, asyncpg.AdminShutdownError, OSError)):
+        await within(manager.execute_with_retry("SELECT pg_terminate_backend(pg_backend_pid())", max_retries=4,
+                                                base_delay=0.1),
+                     15, "execute_with_retry() of a query that always loses its connection")
+    monkeypatch.undo()
+    assert len(delays) == 4, (
+        f"max_retries=4 should sleep 4 times between 5 attempts, slept {len(delays)}: {delays} (is the sleep awaited?)"
+    )
+    for attempt, delay in enumerate(delays):
+        low = 0.1 * 2**attempt
+        assert low <= delay <= 2 * low, (
+            f"before retry {attempt + 1} it slept {delay:.3f} s; expected base_delay * 2**{attempt} = {low:g} s "
+            f"plus a random jitter of at most as much again (between {low:g} and {2 * low:g} s): {delays}"
+        )
+    assert any(delay != 0.1 * 2**attempt for attempt, delay in enumerate(delays)), (
+        f"the sleeps {delays} carry no jitter: clients that failed together would all retry at the same instant"
+    )
 
 
 async def test_the_health_check_gives_up_on_a_server_that_does_not_answer(start):
@@ -293,6 +382,10 @@ async def test_graceful_shutdown_lets_in_flight_work_finish_then_says_shut_down(
         "a query in flight when graceful_shutdown() began should finish normally within the timeout"
     )
     assert manager.pool is None, "graceful_shutdown() should set pool back to None"
+    try:
+        await within(manager.graceful_shutdown(timeout=1), 5, "a second graceful_shutdown()")
+    except Exception as exc:  # noqa: BLE001 - any error here is the learner's
+        pytest.fail(f"a second graceful_shutdown() raised {exc!r}: with no pool left there is nothing to close")
     assert await live(admin, pids) == [], "the pool's server connections are still open after shutdown"
     with pytest.raises(RuntimeError) as raised:
         await within(manager.execute_with_retry("SELECT 1", base_delay=0.01), 5, "execute_with_retry() after shutdown")

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
+import psutil
 import pytest
 
 from pglab.backends import terminate_backends
@@ -94,6 +97,65 @@ async def test_collect_metrics_samples_pool_and_system(lab, manager):
     assert 0 <= system["cpu_percent"] <= 100 and 0 < system["memory_percent"] <= 100, system
     assert system["process_rss_bytes"] > 1_000_000, f"process RSS in bytes looks wrong: {system['process_rss_bytes']}"
     assert list(monitor.metrics_history) == [sample_], "collect_metrics() should append the sample it returns"
+
+
+async def test_collect_metrics_reports_the_disk_counters_and_copes_without_them(lab, monkeypatch):
+    monitor = lab.PoolPerformanceMonitor(Silent(), collection_interval=60)
+    known = SimpleNamespace(read_bytes=123_456, write_bytes=654_321)
+    monkeypatch.setattr(psutil, "disk_io_counters", lambda *args, **kwargs: known)
+    system = (await within(monitor.collect_metrics(), 5, "collect_metrics()"))["system"]
+    assert (system["disk_read_bytes"], system["disk_write_bytes"]) == (123_456, 654_321), (
+        "the check made psutil.disk_io_counters() return read_bytes=123456, write_bytes=654321, but the sample "
+        f"says {system['disk_read_bytes']}, {system['disk_write_bytes']}: report the counters psutil returns"
+    )
+    # Where the OS exposes no disk counters (some containers) psutil returns None.
+    monkeypatch.setattr(psutil, "disk_io_counters", lambda *args, **kwargs: None)
+    try:
+        system = (await within(monitor.collect_metrics(), 5, "collect_metrics()"))["system"]
+    except AttributeError as exc:
+        pytest.fail(f"collect_metrics() failed where psutil.disk_io_counters() returns None: {exc!r}; report 0")
+    assert (system["disk_read_bytes"], system["disk_write_bytes"]) == (0, 0), (
+        f"without disk counters the sample should report 0 bytes read and written: {system}"
+    )
+
+
+# Run in a fresh process, on a new thread: psutil keeps the last CPU sample per thread, and a
+# thread of this process may inherit a dead thread's sample through a reused thread id.
+FIRST_SAMPLE_ON_A_NEW_THREAD = """
+import asyncio, importlib.util, sys, threading, time
+spec = importlib.util.spec_from_file_location("lab07", sys.argv[1])
+lab = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(lab)
+
+class Silent:
+    async def get_pool_metrics(self):
+        return {"pool_stats": {"min_size": 1, "max_size": 10, "size": 1, "idle": 1, "in_use": 0}}
+
+def work():
+    monitor = lab.PoolPerformanceMonitor(Silent(), collection_interval=60)
+    busy_until = time.perf_counter() + 0.3
+    while time.perf_counter() < busy_until:  # keep one core busy between creation and the first sample
+        pass
+    print(asyncio.run(monitor.collect_metrics())["system"]["cpu_percent"])
+
+thread = threading.Thread(target=work)
+thread.start()
+thread.join()
+"""
+
+
+async def test_the_first_sample_measures_cpu_since_the_monitor_was_made(lab):
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", FIRST_SAMPLE_ON_A_NEW_THREAD, lab.__file__,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await within(proc.communicate(), 8, "a monitor's first sample in a fresh process")
+    assert proc.returncode == 0, f"making a monitor and taking one sample on a new thread failed: {err.decode()[-800:]}"
+    cpu = float(out.decode().split()[-1])
+    assert cpu > 0, (
+        "a monitor made on a new thread, which then kept a core busy for 0.3 s, reported cpu_percent=0.0 in its "
+        "first sample: psutil's first cpu_percent(interval=None) in a thread has nothing to compare with and "
+        "says 0.0. Call psutil.cpu_percent(interval=None) once in __init__ to start the window"
+    )
 
 
 async def test_collect_metrics_never_stalls_the_event_loop(lab, manager):
@@ -195,12 +257,14 @@ async def test_stop_monitoring_lets_its_callers_cancellation_through(lab):
         ({"in_use": 2}, set()),  # exactly at UNDER_USED_UTILIZATION (0.2): not below it
         ({"cpu": 82.0, "memory": 82.0}, {"high_cpu"}),  # above the CPU threshold (80), below memory's (85)
         ({"cpu": 95.0}, {"high_cpu"}),
+        ({"cpu": 80.0}, {"high_cpu"}),  # exactly at HIGH_CPU_PERCENT: at or above it
+        ({"memory": 85.0}, {"high_memory"}),  # exactly at HIGH_MEMORY_PERCENT
         ({"memory": 95.0}, {"high_memory"}),
         ({"in_use": 1}, {"under_used"}),
         ({"in_use": 9, "cpu": 90.0, "memory": 90.0}, {"near_max", "high_cpu", "high_memory"}),
     ],
     ids=["balanced", "near-max", "at-max", "at-near-max-threshold", "at-under-used-threshold", "cpu-82-memory-82",
-         "high-cpu", "high-memory", "under-used", "three-at-once"],
+         "high-cpu", "at-cpu-threshold", "at-memory-threshold", "high-memory", "under-used", "three-at-once"],
 )
 def test_each_recommendation_appears_when_called_for_and_not_otherwise(lab, samples, expected):
     monitor = lab.PoolPerformanceMonitor(Silent(), collection_interval=60, history_size=100, report_window=10)
@@ -229,3 +293,19 @@ def test_report_averages_only_the_recent_window(lab):
     )
     assert report["avg_cpu_percent"] == pytest.approx(25.0), f"average CPU of the last 4 samples is 25: {report}"
     assert report["recommendations"] == [], f"the old spike is outside the window: {report['recommendations']}"
+
+
+def test_a_pool_that_is_not_started_counts_as_idle(lab):
+    monitor = lab.PoolPerformanceMonitor(Silent(), collection_interval=60, report_window=3)
+    no_pool = dict.fromkeys(("min_size", "max_size", "size", "idle", "in_use"), 0)  # lab 05 before initialize
+    monitor.metrics_history.extend(
+        {**sample(), "pool": {"pool_stats": dict(no_pool)}} for _ in range(3)
+    )
+    try:
+        report = monitor.get_performance_report()
+    except ZeroDivisionError:
+        pytest.fail("get_performance_report() divided by max_size=0: a pool that is not started "
+                    "(lab 05 reports zeros) has utilisation 0")
+    assert report["pool_utilization"] == 0.0, (
+        f"samples with max_size=0 (no pool yet) should count as 0 utilisation: {report['pool_utilization']}"
+    )

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import inspect
 import random
+import time
 from pathlib import Path
 
 import asyncpg
@@ -587,6 +588,19 @@ async def test_pool_recycle_counts_from_creation_even_for_a_busy_connection(make
     assert pool.stats()["size"] == 1 and fake.open_count == 1
 
 
+async def test_pool_recycle_zero_replaces_the_connection_at_every_checkout(make_pool, fake):
+    pool = make_pool(pool_size=1, max_overflow=0, pool_recycle=0)
+    async with pool.connection() as first:
+        pass
+    await asyncio.sleep(0.01)  # any age is above 0
+    async with pool.connection() as second:
+        pass
+    assert second is not first and first.closed, (
+        "pool_recycle=0 should replace the connection at every checkout, as in SQLAlchemy "
+        "(only -1 turns recycling off): recycle when 0 <= pool_recycle < age"
+    )
+
+
 # Checkpoint 7: leaks
 
 
@@ -602,6 +616,7 @@ async def test_leaks_count_from_checkout_and_point_at_the_acquiring_line(make_po
         pass
     await asyncio.sleep(0.4)
     # Awaited directly (not through within(), which runs it in another task with its own stack).
+    before_first = time.monotonic()
     line = inspect.currentframe().f_lineno + 1
     first = await pool.acquire()
     assert pool.leaks() == [], (
@@ -612,12 +627,16 @@ async def test_leaks_count_from_checkout_and_point_at_the_acquiring_line(make_po
     await asyncio.sleep(0.4)
     async with pool.connection() as fresh:
         leaks = pool.leaks()
+        held_at_most = time.monotonic() - before_first
         assert [leak.connection for leak in leaks] == [first, second], (
             f"the two connections held longer than leak_threshold should be reported, oldest first: {summary(leaks)} "
             f"(expected {first!r} then {second!r})"
         )
         assert fresh is not first and first is old
-    assert leaks[0].age >= 0.35, f"age should be how long it has been held, got {leaks[0].age}"
+    assert 0.35 <= leaks[0].age <= held_at_most, (
+        f"age should be how long it has been held, between 0.35 and {held_at_most:.2f} s here, got {leaks[0].age}: "
+        "time.monotonic() now minus the checkout's"
+    )
     here = Path(__file__).name
     assert here in leaks[0].stack and f"line {line}" in leaks[0].stack, (
         f"the stack should point at the line that acquired it ({here}, line {line}):\n{leaks[0].stack}"

@@ -9,6 +9,7 @@ Debian 12 ships 1.18, so there it is skipped, saying so.
 from __future__ import annotations
 
 import asyncio
+import time
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -230,9 +231,16 @@ async def test_scrape_over_http_reports_the_pool_and_a_known_workload(make_expor
     exporter = make_exporter(pool2)
     port = exporter.serve(0)
     assert isinstance(port, int) and port > 0, f"serve(0) should return the chosen port, got {port!r}"
+    started = time.perf_counter()
     for _ in range(7):
         async with exporter.instrumented_acquire(timeout=5) as conn:
             assert await conn.fetchval("SELECT 1") == 1
+    took = time.perf_counter() - started
+    timed = (await within(scrape(exporter), 10, "GET /metrics"))["db_pool_acquire_seconds_sum"]
+    assert 0 < timed <= took, (
+        f"7 acquires one after the other took {took:.3f} s in all, yet the histogram's sum says {timed!r} s: "
+        "observe each acquire's duration, time.perf_counter() after it minus before it"
+    )
     async with exporter.instrumented_acquire(timeout=5), exporter.instrumented_acquire(timeout=5):
         waiters = [asyncio.ensure_future(_hold(exporter)) for _ in range(3)]
         await asyncio.sleep(0.2)
