@@ -14,6 +14,7 @@ terminated with `pglab.backends`; this module adds what a drill needs around the
 from __future__ import annotations
 
 import asyncio
+import atexit
 import random
 import shutil
 import tempfile
@@ -184,12 +185,15 @@ class PrivateServer:
     def start(self) -> str:
         """Create (first time) and start the server; its DSN."""
         begin = time.perf_counter()
+        # A notebook that fails before its stop() cell, or a test worker that exits, must not leave it running.
+        atexit.register(self.stop)
         self.dsn = self.embedded.up()
         self.start_seconds.append(time.perf_counter() - begin)
         return self.dsn
 
     def stop(self) -> None:
         """Stop the server; remove its folder when it was a temporary one."""
+        atexit.unregister(self.stop)
         self.embedded.down()
         if self._temporary:
             shutil.rmtree(self.home, ignore_errors=True)

