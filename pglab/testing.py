@@ -47,6 +47,26 @@ async def eventually(condition: Callable[[], Awaitable[bool]], seconds: float, w
         await asyncio.sleep(0.05)
 
 
+async def hold_pgbouncer_server_connection(bouncer: str) -> Any:
+    """A client keeping a one-server-connection PgBouncer's connection in an open transaction.
+
+    Another run may hold it for a moment: PgBouncer then bounces our BEGIN at
+    query_wait_timeout, and we try again, for up to 30 s."""
+    import asyncpg
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while True:
+        conn = await within(asyncpg.connect(bouncer, statement_cache_size=0), 10, "connect through PgBouncer")
+        try:
+            await within(conn.execute("BEGIN; SELECT 1"), 10, "BEGIN through PgBouncer")
+            return conn
+        except asyncpg.ConnectionDoesNotExistError:
+            conn.terminate()
+            if loop.time() > deadline:
+                raise
+
+
 def learner_folder() -> Path:
     """The folder of the lab modules under test (`labs/`, `solutions/` or a submission's)."""
     from .targets import TargetError, target_dir

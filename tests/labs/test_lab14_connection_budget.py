@@ -23,7 +23,7 @@ from pglab import drills
 from pglab.proxy import FreezableProxy
 from pglab.servers import pgbouncer
 from pglab.servers.dsn import build_dsn
-from pglab.testing import within
+from pglab.testing import hold_pgbouncer_server_connection, within
 
 MODULE = "lab14_connection_budget"
 MAX_CONNECTIONS, SUPERUSER_RESERVED, RESERVED, ROLE_LIMIT = 20, 3, 2, 12
@@ -307,24 +307,6 @@ async def test_a_half_open_connection_is_bounded_by_the_client_timeouts(lab, bud
             f"a connect that gets no answer ends at the connect timeout: TimeoutError; got {type(exc).__name__}")
 
 
-async def hold_the_server_connection(bouncer: str) -> asyncpg.Connection:
-    """A client keeping the PgBouncer's one server connection in an open transaction.
-
-    A second run of these checks may hold it for a moment: PgBouncer then bounces our
-    BEGIN at query_wait_timeout, and we try again."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 30
-    while True:
-        conn = await within(asyncpg.connect(bouncer, statement_cache_size=0), 10, "connect through PgBouncer")
-        try:
-            await within(conn.execute("BEGIN; SELECT 1"), 10, "BEGIN through PgBouncer")
-            return conn
-        except asyncpg.ConnectionDoesNotExistError:
-            conn.terminate()
-            if loop.time() > deadline:
-                raise
-
-
 @pytest.mark.pgbouncer
 @pytest.mark.deadline(90)  # starting PgBouncer, and maybe waiting for another run to let go of it
 async def test_pgbouncer_bounces_a_queued_query_before_the_client_gives_up(lab, dsn):
@@ -338,7 +320,7 @@ async def test_pgbouncer_bounces_a_queued_query_before_the_client_gives_up(lab, 
     # PgBouncer refuses other startup parameters ("unsupported startup parameter: statement_timeout"):
     # behind it the server's timeouts go on the role (ALTER ROLE ... SET), so the pool takes the client's only.
     options.pop("server_settings")
-    holder = await hold_the_server_connection(bouncer)
+    holder = await hold_pgbouncer_server_connection(bouncer)
     pool = None
     try:
         pool = await within(asyncpg.create_pool(bouncer, min_size=0, max_size=1, statement_cache_size=0, **options),

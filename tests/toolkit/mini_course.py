@@ -11,6 +11,20 @@ from pglab import labgen
 from pglab.course import load_course
 from pglab.servers.database import database_url
 
+# course.toml of a one-lab course: lab 00, module lab00_arith, two hints.
+ARITH_MANIFEST = '''
+[course]
+title = "Mini"
+
+[[labs]]
+id = "00"
+title = "Arithmetic"
+tutorial = "tutorials/00-arith.ipynb"
+module = "lab00_arith"
+points = 5
+hints = ["first hint", "second hint"]
+'''
+
 
 def mini_course(root: Path, monkeypatch: pytest.MonkeyPatch, files: dict[str, str]) -> Iterator[Path]:
     """Write `files` (path -> text) under `root`, make it the course, generate its labs/; yields root."""

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mini_course import mini_course
+from mini_course import ARITH_MANIFEST, mini_course
 from typer.testing import CliRunner
 
 from pglab.cli import app
@@ -39,25 +39,13 @@ def test_double_of_zero(lab):
     assert lab.double(0) == 0
 '''
 
-MANIFEST = '''
-[course]
-title = "Mini"
-
-[[labs]]
-id = "00"
-title = "Arithmetic"
-tutorial = "tutorials/00-arith.ipynb"
-module = "lab00_arith"
-points = 5
-hints = ["first hint", "second hint"]
-'''
 
 
 @pytest.fixture
 def course(tmp_path, monkeypatch) -> Iterator[Path]:
     yield from mini_course(tmp_path, monkeypatch, {
         "solutions/lab00_arith.py": SOLUTION, "tests/labs/test_lab00_arith.py": TESTS,
-        "tutorials/00-arith.ipynb": "{}", "course.toml": MANIFEST,
+        "tutorials/00-arith.ipynb": "{}", "course.toml": ARITH_MANIFEST,
         "pyproject.toml": '[tool.pytest.ini_options]\naddopts = "-p pglab.pytest_plugin"\n'})
 
 

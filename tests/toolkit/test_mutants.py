@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mini_course import mini_course
+from mini_course import ARITH_MANIFEST, mini_course
 
 from pglab.course import load_course
 from pglab.mutants import Mutant, MutantError, build_target, load_mutants, update_hints, verify_mutants
@@ -35,14 +35,6 @@ def test_double_of_zero(load_lab):
 def test_double_doubles(load_lab):
     assert load_lab("lab00_arith").double(21) == 42
 '''
-MANIFEST = '''[[labs]]
-id = "00"
-title = "Arithmetic"
-tutorial = "tutorials/00-arith.ipynb"
-module = "lab00_arith"
-points = 5
-hints = ["first hint", "second hint"]
-'''
 MUTANTS = '''[[mutant]]
 name = "adds-instead"
 caught_by = "test_double_of_zero"
@@ -67,7 +59,7 @@ def course(tmp_path, monkeypatch) -> Iterator[Path]:
     yield from mini_course(tmp_path, monkeypatch, {
         "solutions/lab00_arith.py": SOLUTION, "solutions/lab00_base.py": BASE,
         "tests/labs/test_lab00_arith.py": TESTS, "tests/mutants/lab00_arith.toml": MUTANTS,
-        "tutorials/00-arith.ipynb": "{}", "course.toml": MANIFEST,
+        "tutorials/00-arith.ipynb": "{}", "course.toml": ARITH_MANIFEST,
         "pyproject.toml": '[tool.pytest.ini_options]\naddopts = "-p pglab.pytest_plugin"\n'})
 
 

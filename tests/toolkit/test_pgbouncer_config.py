@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from pglab.servers import pgbouncer
-from pglab.testing import within
+from pglab.testing import hold_pgbouncer_server_connection, within
 
 UPSTREAM = "postgresql://pglab:secret@127.0.0.1:5432/pglab"
 
@@ -91,24 +91,6 @@ def test_custom_settings_need_a_local_pgbouncer_not_the_url(monkeypatch):
         pgbouncer.ensure_pgbouncer(UPSTREAM, settings=QUEUED)
 
 
-async def hold_the_server_connection(bouncer: str) -> asyncpg.Connection:
-    """A client keeping the instance's one server connection in an open transaction.
-
-    Another run of this test may hold it for a moment: PgBouncer then bounces our BEGIN
-    at query_wait_timeout, and we try again."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 30
-    while True:
-        conn = await within(asyncpg.connect(bouncer, statement_cache_size=0), 10, "connect through PgBouncer")
-        try:
-            await within(conn.execute("BEGIN; SELECT 1"), 10, "BEGIN through PgBouncer")
-            return conn
-        except asyncpg.ConnectionDoesNotExistError:
-            conn.terminate()
-            if loop.time() > deadline:
-                raise
-
-
 @pytest.mark.deadline(90)  # starting PgBouncer on a busy machine
 async def test_a_custom_instance_applies_query_wait_timeout(dsn):
     if reason := pgbouncer.unavailable_reason(settings=QUEUED):
@@ -120,7 +102,7 @@ async def test_a_custom_instance_applies_query_wait_timeout(dsn):
     config = {row["key"]: row["value"] for row in await asyncio.to_thread(pgbouncer.show, "CONFIG", bouncer)}
     assert (config["query_wait_timeout"], config["default_pool_size"], config["pool_mode"]) == (
         "0.5", "1", "transaction"), f"SHOW CONFIG: {config}"
-    holder = await hold_the_server_connection(bouncer)
+    holder = await hold_pgbouncer_server_connection(bouncer)
     queued = await within(asyncpg.connect(bouncer, statement_cache_size=0, command_timeout=10), 10, "connect")
     try:
         with pytest.raises(asyncpg.ConnectionDoesNotExistError, match="query_wait_timeout"):
