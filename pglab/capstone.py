@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -33,7 +34,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 import typer
 
-from .servers.embedded import free_port
 from .targets import load_lab_module
 
 PARTS = {"database_pool": "lab01_database_pool", "settings": "lab03_database_settings",
@@ -96,15 +96,20 @@ def start(dsn: str, target: str, workers: int = 2, *, behind_pgbouncer: bool = F
     `behind_pgbouncer`: `dsn` leads to PgBouncer in transaction mode (see `through_pgbouncer`).
     Raises RuntimeError, with the service's last log lines, when it cannot start (an
     unfinished lab fails in the app factory or the lifespan)."""
-    port = free_port()
     env = {**os.environ, "PGLAB_TARGET": target, "PGLAB_CAPSTONE_DSN": dsn,
            "PGLAB_CAPSTONE_PGBOUNCER": "1" if behind_pgbouncer else "0"}
-    command = [sys.executable, "-m", "uvicorn", "pglab.capstone:app", "--factory", "--host", "127.0.0.1",
-               "--port", str(port), "--workers", str(workers), "--log-level", "warning", "--no-access-log"]
     log = Path(tempfile.mkstemp(prefix="pglab-capstone-", suffix=".log")[1])
-    with log.open("wb") as sink:
-        running = Running(subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT),
-                          f"http://127.0.0.1:{port}", log)
+    # The listening socket is bound here and handed over (`--fd`): a port number picked free and
+    # bound later by uvicorn could meanwhile be taken by another run, whose /healthz would answer.
+    with socket.create_server(("127.0.0.1", 0)) as listener, log.open("wb") as sink:
+        # uvicorn takes an `--fd` socket for a Unix one and so never sets TCP_NODELAY on what it
+        # accepts (asyncio does that for TCP sockets only); on Linux they inherit it from here.
+        listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        command = [sys.executable, "-m", "uvicorn", "pglab.capstone:app", "--factory", "--fd", str(listener.fileno()),
+                   "--workers", str(workers), "--log-level", "warning", "--no-access-log"]
+        running = Running(subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT,
+                                           pass_fds=(listener.fileno(),)),
+                          f"http://127.0.0.1:{listener.getsockname()[1]}", log)
     try:
         wait_until_ready(running)
     except BaseException:
@@ -170,6 +175,7 @@ class LoadReport:
     fault_at: float | None = None
     fault: str = ""
     path: str = DIRECT  # how the workers reach PostgreSQL: "direct", or through PgBouncer and its pool_mode
+    load: str = ""  # the offered load, as `Load.describe()` says it
 
     @property
     def requests(self) -> int:
@@ -204,9 +210,10 @@ class LoadReport:
         return broken
 
     def as_dict(self, slo: Slo) -> dict[str, Any]:
-        return {"slo": asdict(slo), "path": self.path, "requests": self.requests, "error_rate": self.error_rate,
-                "worst_p99_ms": self.worst_p99_ms, "recovery_s": self.recovery_s, "fault": self.fault,
-                "fault_at": self.fault_at, "broken": self.verdict(slo), "slices": [asdict(s) for s in self.slices]}
+        return {"slo": asdict(slo), "path": self.path, "load": self.load, "requests": self.requests,
+                "error_rate": self.error_rate, "worst_p99_ms": self.worst_p99_ms, "recovery_s": self.recovery_s,
+                "fault": self.fault, "fault_at": self.fault_at, "broken": self.verdict(slo),
+                "slices": [asdict(s) for s in self.slices]}
 
 
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
@@ -229,24 +236,49 @@ def parse_wrk(output: str, start: float) -> Slice:
                  _ms(latency.get("50", "0ms")), _ms(latency.get("99", "0ms")))
 
 
-async def load_run(url: str, seconds: int = 12, *, connections: int = 16,
+@dataclass(frozen=True)
+class Load:
+    """What wrk offers: `connections` open at once, each waiting `pace_ms` between requests.
+
+    `pace_ms=0` is a stress test: every connection sends its next request as soon as the
+    answer is in, so the machine is saturated and p99 is mostly queueing. A paced load
+    (wrk's Lua `delay()`, https://github.com/wg/wrk/blob/master/SCRIPTING) is steady traffic
+    below capacity, which is what an SLO is stated for, and leaves CPU to the rest."""
+
+    connections: int = 16
+    pace_ms: int = 0
+
+    def describe(self) -> str:
+        each = f"each waiting {self.pace_ms} ms between requests" if self.pace_ms else "unpaced (saturating)"
+        return f"{self.connections} connections, {each}"
+
+
+STRESS, STEADY = Load(), Load(connections=8, pace_ms=20)
+
+
+async def load_run(url: str, seconds: int = 12, *, load: Load = STRESS,
                    fault: Callable[[], Awaitable[Any]] | None = None, fault_after: float = 4.0,
                    fault_name: str = "", path: str = DIRECT) -> LoadReport:
     """wrk against `url` in one-second slices; `fault` runs once, `fault_after` seconds in."""
     wrk = shutil.which("wrk")
     if wrk is None:
         raise RuntimeError(WRK_HINT)
-    report, begin = LoadReport(fault=fault_name, path=path), time.monotonic()
+    report, begin = LoadReport(fault=fault_name, path=path, load=load.describe()), time.monotonic()
     fault_task: asyncio.Task[Any] | None = None
-    while (now := time.monotonic() - begin) < seconds:
-        if fault is not None and fault_task is None and now >= fault_after:
-            report.fault_at = round(now, 2)
-            fault_task = asyncio.ensure_future(fault())
-        proc = await asyncio.create_subprocess_exec(
-            wrk, "--latency", "-t2", f"-c{connections}", "-d1s", "--timeout", "5s", url,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-        output, _ = await proc.communicate()
-        report.slices.append(parse_wrk(output.decode(), now))
+    with tempfile.TemporaryDirectory(prefix="pglab-wrk-") as folder:
+        pacing: list[str] = []
+        if load.pace_ms:  # without a script wrk sends at once (a delay() of 0 still goes through a timer)
+            (script := Path(folder) / "pace.lua").write_text(f"function delay()\n  return {load.pace_ms}\nend\n")
+            pacing = ["-s", str(script)]
+        while (now := time.monotonic() - begin) < seconds:
+            if fault is not None and fault_task is None and now >= fault_after:
+                report.fault_at = round(now, 2)
+                fault_task = asyncio.ensure_future(fault())
+            proc = await asyncio.create_subprocess_exec(
+                wrk, "--latency", "-t2", f"-c{load.connections}", "-d1s", "--timeout", "5s", *pacing, url,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            output, _ = await proc.communicate()
+            report.slices.append(parse_wrk(output.decode(), now))
     if fault_task is not None:
         await fault_task
     return report
@@ -312,7 +344,7 @@ def plot(report: LoadReport, slo: Slo) -> Any:
     latency.plot(t, [s.p50_ms for s in report.slices], "s-", label="p50")
     latency.axhline(slo.p99_ms, color="red", linestyle=":", label=f"SLO: p99 ≤ {slo.p99_ms:g} ms")
     latency.set(ylabel="latency (ms)", yscale="log",
-                title=f"Capstone under load ({report.path}), drill: {report.fault or 'none'}")
+                title=f"Capstone under load ({report.path}), drill: {report.fault or 'none'}\n{report.load}")
     answered.bar(t, [s.requests for s in report.slices], width=0.8, label="answered 2xx")
     answered.set(ylabel="requests / s")
     failed.bar(t, [s.errors for s in report.slices], width=0.8, color="red", label="failed")
@@ -326,7 +358,7 @@ def plot(report: LoadReport, slo: Slo) -> Any:
 
 
 async def drill_run(dsn: str, target: str, *, drill: str = "terminate", workers: int = 2,
-                    seconds: int = 12, pgbouncer: bool = False) -> LoadReport:
+                    seconds: int = 12, pgbouncer: bool = False, load: Load = STRESS) -> LoadReport:
     """Serve the capstone on its own database, load it, and drill `drill` (terminate | restart | none).
 
     `pgbouncer`: the workers connect through PgBouncer (the course's, or for the restart drill one in
@@ -353,7 +385,8 @@ async def drill_run(dsn: str, target: str, *, drill: str = "terminate", workers:
         url = stack.enter_context(served(service_dsn, target, workers, behind_pgbouncer=pgbouncer))
         async with httpx.AsyncClient(base_url=url, timeout=10) as client:
             await client.post("/items", json={"id": 1, "value": "capstone"})
-        return await load_run(f"{url}/items/1", seconds, fault=fault, fault_name=drill if fault else "", path=path)
+        return await load_run(f"{url}/items/1", seconds, load=load, fault=fault, fault_name=drill if fault else "",
+                              path=path)
 
 
 PGBOUNCER_OPTION = typer.Option("--pgbouncer", help="connect the workers through PgBouncer (transaction mode)")
@@ -408,6 +441,8 @@ def register(app: typer.Typer) -> None:
         seconds: Annotated[int, typer.Option(help="length of the load run")] = 12,
         out: Annotated[Path, typer.Option(help="folder for report.json and slo.png")] = Path("capstone-results"),
         pgbouncer: Annotated[bool, PGBOUNCER_OPTION] = False,
+        connections: Annotated[int, typer.Option(help="wrk connections open at once")] = STRESS.connections,
+        pace: Annotated[int, typer.Option(help="ms each connection waits between requests (0: saturate)")] = 0,
     ) -> None:
         """Serve lab 16, load it with wrk, drill a fault in the middle, and judge the SLO."""
         from rich.console import Console
@@ -419,6 +454,9 @@ def register(app: typer.Typer) -> None:
         if drill not in ("terminate", "restart", "none"):
             console.print(f"[red]error:[/] --drill must be terminate, restart or none, not {drill!r}")
             raise typer.Exit(2)
+        if connections < 1 or pace < 0:
+            console.print("[red]error:[/] --connections must be at least 1 and --pace at least 0")
+            raise typer.Exit(2)
         if shutil.which("wrk") is None:
             console.print(f"[red]error:[/] {WRK_HINT}")
             raise typer.Exit(3)
@@ -427,7 +465,8 @@ def register(app: typer.Typer) -> None:
         with console.status(f"serving lab 16 ({workers} workers, {path}), {seconds} s of load, drill: {drill} ..."):
             try:
                 report = asyncio.run(drill_run(database_url(), target, drill=drill, workers=workers,
-                                               seconds=seconds, pgbouncer=pgbouncer))
+                                               seconds=seconds, pgbouncer=pgbouncer,
+                                               load=Load(connections, pace)))
             except PgBouncerUnavailableError as exc:
                 console.print(f"[red]error:[/] --pgbouncer needs PgBouncer: {exc}")
                 raise typer.Exit(3) from None
@@ -438,8 +477,9 @@ def register(app: typer.Typer) -> None:
         matplotlib.use("Agg")
         plot(report, slo).savefig(out / "slo.png", dpi=110)
         broken = report.verdict(slo)
-        console.print(f"{report.path}: {report.requests} requests, error rate {report.error_rate:.2%}, worst p99 "
-                      f"{report.worst_p99_ms:.0f} ms, recovery {report.recovery_s} s; {out}/report.json, slo.png")
+        console.print(f"{report.path}, {report.load}: {report.requests} requests, error rate {report.error_rate:.2%}, "
+                      f"worst p99 {report.worst_p99_ms:.0f} ms, recovery {report.recovery_s} s; "
+                      f"{out}/report.json, slo.png")
         if broken:
             console.print("[red]SLO missed:[/] " + "; ".join(broken))
             raise typer.Exit(1)

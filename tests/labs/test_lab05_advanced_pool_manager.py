@@ -375,8 +375,13 @@ async def test_a_unique_violation_is_raised_at_once_without_retry(start, admin, 
 async def test_graceful_shutdown_lets_in_flight_work_finish_then_says_shut_down(start, admin):
     manager = await start(min_size=2, max_size=2, health_check_interval=0.1)
     pids = await pool_pids(manager.pool)
-    query = asyncio.ensure_future(manager.pool.fetchval("SELECT 7 FROM pg_sleep(0.5)"))
-    await asyncio.sleep(0.1)
+    query = asyncio.ensure_future(manager.pool.fetchval("SELECT 7 FROM pg_sleep(1)"))
+
+    async def in_flight() -> bool:  # on the server: on a busy machine 0.1 s may not be enough to get there
+        return await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[]) "
+                                    "AND wait_event = 'PgSleep'", pids) > 0
+
+    await eventually(in_flight, 5, "the pg_sleep query never started")
     await within(manager.graceful_shutdown(timeout=10), 12, "graceful_shutdown(timeout=10)")
     assert query.done() and not query.cancelled() and query.exception() is None and query.result() == 7, (
         "a query in flight when graceful_shutdown() began should finish normally within the timeout"

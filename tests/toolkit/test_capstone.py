@@ -48,6 +48,12 @@ def invoke(*args: str):
     return CliRunner().invoke(app, ["capstone", *args])
 
 
+def report_of(result, out: Path) -> dict:
+    """The run's report.json; exit code 1 is a missed SLO on a loaded machine, not these tests' point."""
+    assert result.exit_code in (0, 1) and (out / "report.json").exists(), (result.output, result.exception)
+    return json.loads((out / "report.json").read_text())
+
+
 @needs_wrk
 def test_run_without_pgbouncer_says_how_to_install_it(no_pgbouncer, tmp_path):
     result = invoke("run", "--target", SOLUTIONS, "--pgbouncer", "--seconds", "2", "--out", str(tmp_path))
@@ -89,8 +95,7 @@ def test_a_private_pgbouncer_fronts_its_server_and_is_gone_on_exit(bouncer_avail
 def test_the_restart_drill_runs_through_a_pgbouncer_of_its_own(bouncer_available, wide, tmp_path):
     result = invoke("run", "--target", SOLUTIONS, "--pgbouncer", "--drill", "restart", "--seconds", "6",
                     "--out", str(tmp_path))
-    assert result.exit_code in (0, 1), result.output  # 1: SLO missed on a loaded machine; not this test's point
-    report = json.loads((tmp_path / "report.json").read_text())
+    report = report_of(result, tmp_path)
     assert report["path"].startswith("through PgBouncer") and "server_login_retry=1" in report["path"], report
     assert report["fault"] == "restart" and report["requests"] > 0, report
 
@@ -135,12 +140,11 @@ async def test_the_drill_terminates_the_backends_behind_pgbouncer_and_the_servic
 @needs_wrk
 def test_run_through_pgbouncer_reports_the_path_and_the_drill(bouncer_available, wide, tmp_path):
     result = invoke("run", "--target", SOLUTIONS, "--pgbouncer", "--seconds", "6", "--out", str(tmp_path))
-    assert result.exit_code in (0, 1), result.output  # 1: SLO missed on a loaded machine; not this test's point
-    report = json.loads((tmp_path / "report.json").read_text())
+    report = report_of(result, tmp_path)
     assert report["path"] == "through PgBouncer, pool_mode=transaction", report["path"]
     assert report["fault"] == "terminate" and report["fault_at"] is not None, report
     assert report["requests"] > 0, report
-    assert "through PgBouncer, pool_mode=transaction:" in result.output, result.output
+    assert "through PgBouncer, pool_mode=transaction, 16 connections, unpaced" in result.output, result.output
     assert (tmp_path / "slo.png").stat().st_size > 0
 
 
@@ -149,6 +153,23 @@ def test_run_through_pgbouncer_reports_the_path_and_the_drill(bouncer_available,
 @needs_wrk
 def test_a_plain_run_is_direct(wide, tmp_path):
     result = invoke("run", "--target", SOLUTIONS, "--drill", "none", "--seconds", "3", "--out", str(tmp_path))
-    assert result.exit_code in (0, 1), result.output
-    report = json.loads((tmp_path / "report.json").read_text())
+    report = report_of(result, tmp_path)
     assert report["path"] == "direct" and report["requests"] > 0, report
+
+
+@pytest.mark.slow
+@pytest.mark.deadline(120)
+@needs_wrk
+def test_a_paced_run_offers_no_more_than_its_pace(wide, tmp_path):
+    result = invoke("run", "--target", SOLUTIONS, "--drill", "none", "--seconds", "3", "--connections", "2",
+                    "--pace", "100", "--out", str(tmp_path))
+    report = report_of(result, tmp_path)
+    assert report["load"] == "2 connections, each waiting 100 ms between requests", report["load"]
+    # Two connections, each at most one request per 100 ms, in one-second slices: 20 a slice.
+    answered = [s["requests"] + s["errors"] for s in report["slices"]]
+    assert answered and all(0 < n <= 22 for n in answered), answered
+
+
+def test_run_refuses_a_negative_pace(wide):
+    result = invoke("run", "--pace", "-1")
+    assert result.exit_code == 2 and "--pace at least 0" in result.output, result.output
