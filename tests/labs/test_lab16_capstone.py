@@ -10,10 +10,12 @@ the course's PgBouncer in transaction mode.
 from __future__ import annotations
 
 import asyncio
+import gc
 import re
 import secrets
 import shutil
 import signal
+import warnings
 
 import asyncpg
 import httpx
@@ -72,6 +74,37 @@ async def test_ready_from_the_start_and_metrics_exposed(service):
         metrics = (await client.get("/metrics")).text
     for name in ("db_pool_size", "db_pool_in_use", "db_pool_acquires_total"):
         assert name in metrics, f"/metrics should expose lab 12's {name} for this worker's pool"
+
+
+async def test_service_start_is_ready_at_once_and_stop_leaves_nothing_running(lab, load_lab, database):
+    # In this process, not uvicorn's: which tasks are left, and which coroutines were never awaited.
+    service_dsn, name = database
+    parts = lab.Parts(**{field: load_lab(module) for field, module in capstone.PARTS.items()})
+    before = asyncio.all_tasks()
+    service = lab.Service(parts, capstone.settings_for(service_dsn, parts.settings))
+    try:
+        await within(service.start(), 15, "Service.start()")
+        assert service.monitor is not None and service.monitor.is_healthy(), (
+            "right after start() the monitor should have one healthy check behind it: await check_health() "
+            "once before start_monitoring(), or /readyz tells the first probes 503")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            await within(service.stop(), 15, "Service.stop()")
+            gc.collect()  # an un-awaited coroutine warns when it is collected
+    finally:
+        if getattr(service.db, "pool", None) is not None:
+            service.db.pool.terminate()
+    never = sorted({str(w.message) for w in caught if "never awaited" in str(w.message)})
+    assert not never, f"stop() forgot an await: {never}"
+    left = [t for t in asyncio.all_tasks() - before if not t.done() and t is not asyncio.current_task()]
+    assert not left, f"tasks still running after stop(): {left}. Stop the health monitor before closing the pool"
+    conn = await asyncpg.connect(service_dsn)
+    try:
+        open_ = await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = $1 "
+                                    "AND pid <> pg_backend_pid() AND backend_type = 'client backend'", name)
+    finally:
+        await conn.close()
+    assert open_ == 0, f"{open_} server connections still open after stop(): close the pool (await it)"
 
 
 async def test_an_exhausted_pool_answers_503_not_a_hang(service):
