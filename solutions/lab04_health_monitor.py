@@ -38,7 +38,15 @@ class ConnectionHealthMonitor:
 
     async def _ping(self) -> None:
         async with self.pool.acquire() as conn:
-            await conn.fetchval("SELECT 1")
+            try:
+                await conn.fetchval("SELECT 1")
+            except asyncio.CancelledError:
+                # Cut short (the check's timeout, or a stop): asyncpg would clean up by asking the
+                # server to cancel the query, which over a silent network path waits as long as
+                # command_timeout, and the timeout would not hold. A connection that did not
+                # answer in time is not worth that: close it, the pool opens a fresh one.
+                conn.terminate()
+                raise
 
     async def check_health(self) -> dict[str, Any]:
         """Run one check now, record it, and return `get_health_status()`.

@@ -23,6 +23,7 @@ import pytest
 
 from pglab import capstone
 from pglab.drills import PrivateServer, private_server_unavailable
+from pglab.proxy import FreezableProxy
 from pglab.servers import pgbouncer
 from pglab.testing import eventually, within
 
@@ -105,6 +106,29 @@ async def test_service_start_is_ready_at_once_and_stop_leaves_nothing_running(la
     finally:
         await conn.close()
     assert open_ == 0, f"{open_} server connections still open after stop(): close the pool (await it)"
+
+
+@pytest.mark.deadline(40)
+async def test_readiness_turns_503_when_the_database_stops_answering(lab, load_lab, database):
+    # A frozen network path: no error, no close, the server just never answers. Only the health
+    # check's own timeout (lab 16 gives lab 04's monitor 1 s, every 1 s) can tell; lab 01's
+    # command_timeout of 10 s would, much later.
+    service_dsn, _ = database
+    parts = lab.Parts(**{field: load_lab(module) for field, module in capstone.PARTS.items()})
+    with FreezableProxy.for_dsn(service_dsn) as proxy:
+        service = lab.Service(parts, capstone.settings_for(proxy.dsn(service_dsn), parts.settings))
+        try:
+            await within(service.start(), 15, "Service.start()")
+            proxy.freeze()
+
+            async def not_ready() -> bool:
+                return not service.monitor.is_healthy()
+
+            await eventually(not_ready, 6, "with the database silent, the monitor should report unhealthy within a "
+                             "check interval plus its timeout: give ConnectionHealthMonitor a timeout")
+        finally:
+            proxy.thaw()
+            await within(service.stop(), 15, "Service.stop()")
 
 
 async def test_an_exhausted_pool_answers_503_not_a_hang(service):
