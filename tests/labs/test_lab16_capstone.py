@@ -72,9 +72,14 @@ async def test_ready_from_the_start_and_metrics_exposed(service):
                                           f"(run one health check at start), got {ready.status_code}")
         await client.post("/items", json={"id": 1, "value": "one"})
         await client.get("/items/1")
-        metrics = (await client.get("/metrics")).text
+        scraped = await client.get("/metrics")
     for name in ("db_pool_size", "db_pool_in_use", "db_pool_acquires_total"):
-        assert name in metrics, f"/metrics should expose lab 12's {name} for this worker's pool"
+        assert name in scraped.text, f"/metrics should expose lab 12's {name} for this worker's pool"
+    # Prometheus 3 fails a scrape without a known Content-Type (2.x guessed the text format):
+    # https://prometheus.io/docs/prometheus/latest/migration/#scrape-protocols
+    kind = scraped.headers.get("content-type", "")
+    assert kind.startswith("text/plain") and "version=" in kind, (
+        f"/metrics should send the text format's Content-Type (prometheus_client's CONTENT_TYPE_LATEST), got {kind!r}")
 
 
 async def test_service_start_is_ready_at_once_and_stop_leaves_nothing_running(lab, load_lab, database):
