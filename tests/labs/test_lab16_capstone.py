@@ -44,6 +44,16 @@ async def service(lab, target, database):
     await asyncio.to_thread(capstone.stop, running)
 
 
+async def server_connections(dsn: str, database: str) -> int:
+    """Client backends on `database`, but the one asking."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = $1 "
+                                   "AND pid <> pg_backend_pid() AND backend_type = 'client backend'", database)
+    finally:
+        await conn.close()
+
+
 async def test_the_service_serves_items_and_maps_errors(service):
     url = service
     async with httpx.AsyncClient(base_url=url, timeout=10) as client:
@@ -104,12 +114,7 @@ async def test_service_start_is_ready_at_once_and_stop_leaves_nothing_running(la
     assert not never, f"stop() forgot an await: {never}"
     left = [t for t in asyncio.all_tasks() - before if not t.done() and t is not asyncio.current_task()]
     assert not left, f"tasks still running after stop(): {left}. Stop the health monitor before closing the pool"
-    conn = await asyncpg.connect(service_dsn)
-    try:
-        open_ = await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = $1 "
-                                    "AND pid <> pg_backend_pid() AND backend_type = 'client backend'", name)
-    finally:
-        await conn.close()
+    open_ = await server_connections(service_dsn, name)
     assert open_ == 0, f"{open_} server connections still open after stop(): close the pool (await it)"
 
 
@@ -216,12 +221,7 @@ async def test_sigterm_lets_in_flight_requests_finish(lab, target, database):
     assert not lost, f"{len(lost)} of 4 in-flight requests were lost on SIGTERM: {lost[:2]}"
     # uvicorn re-raises the signal once its graceful shutdown is done: -SIGTERM is a clean exit.
     assert code in (0, -signal.SIGTERM), f"the service should exit cleanly after SIGTERM, got {code}"
-    conn = await asyncpg.connect(service_dsn)
-    try:
-        left = await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = $1 "
-                                   "AND pid <> pg_backend_pid() AND backend_type = 'client backend'", name)
-    finally:
-        await conn.close()
+    left = await server_connections(service_dsn, name)
     assert left == 0, f"{left} server connections still open after the service exited: close the pool on shutdown"
 
 
