@@ -1,4 +1,4 @@
-"""Server-side view of a pool: count and terminate backends by `application_name`.
+"""Server-side view of a pool: count and terminate backends by `application_name`, or by database.
 
 Used by the checks and the failure drills. Each call opens one short-lived admin
 connection, so it works whatever state the pool under test is in.
@@ -22,6 +22,16 @@ async def count_backends(dsn: str, application_name: str, *, state: str | None =
             " WHERE application_name = $1 AND ($2::text IS NULL OR state = $2)",
             application_name, state,
         )
+    finally:
+        await conn.close()
+
+
+async def database_backends(dsn: str, database: str) -> int:
+    """Client backends connected to `database`, but this one: a pool's, on a database of its own."""
+    conn = await _admin(dsn)
+    try:
+        return await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = $1 "
+                                   "AND pid <> pg_backend_pid() AND backend_type = 'client backend'", database)
     finally:
         await conn.close()
 

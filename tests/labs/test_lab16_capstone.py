@@ -17,11 +17,11 @@ import shutil
 import signal
 import warnings
 
-import asyncpg
 import httpx
 import pytest
 
 from pglab import capstone
+from pglab.backends import database_backends
 from pglab.drills import PrivateServer, private_server_unavailable
 from pglab.proxy import FreezableProxy
 from pglab.servers import pgbouncer
@@ -42,16 +42,6 @@ async def service(lab, target, database):
     running = await asyncio.to_thread(capstone.start, database[0], target, 1)
     yield running.url
     await asyncio.to_thread(capstone.stop, running)
-
-
-async def server_connections(dsn: str, database: str) -> int:
-    """Client backends on `database`, but the one asking."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        return await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = $1 "
-                                   "AND pid <> pg_backend_pid() AND backend_type = 'client backend'", database)
-    finally:
-        await conn.close()
 
 
 async def test_the_service_serves_items_and_maps_errors(service):
@@ -114,7 +104,7 @@ async def test_service_start_is_ready_at_once_and_stop_leaves_nothing_running(la
     assert not never, f"stop() forgot an await: {never}"
     left = [t for t in asyncio.all_tasks() - before if not t.done() and t is not asyncio.current_task()]
     assert not left, f"tasks still running after stop(): {left}. Stop the health monitor before closing the pool"
-    open_ = await server_connections(service_dsn, name)
+    open_ = await database_backends(service_dsn, name)
     assert open_ == 0, f"{open_} server connections still open after stop(): close the pool (await it)"
 
 
@@ -221,7 +211,7 @@ async def test_sigterm_lets_in_flight_requests_finish(lab, target, database):
     assert not lost, f"{len(lost)} of 4 in-flight requests were lost on SIGTERM: {lost[:2]}"
     # uvicorn re-raises the signal once its graceful shutdown is done: -SIGTERM is a clean exit.
     assert code in (0, -signal.SIGTERM), f"the service should exit cleanly after SIGTERM, got {code}"
-    left = await server_connections(service_dsn, name)
+    left = await database_backends(service_dsn, name)
     assert left == 0, f"{left} server connections still open after the service exited: close the pool on shutdown"
 
 
