@@ -117,7 +117,9 @@ async def open_course_pool(dsn: str, req: Requirements, lab09: ModuleType) -> Op
     """Lab 09's ConnectionPool (the module is passed in: labs never import each other)."""
     # BEGIN SOLUTION
     config = lab09.PoolConfig(min_size=req.min_size, max_size=req.max_size, acquire_timeout=req.acquire_timeout,
-                              max_lifetime=req.max_lifetime, max_idle_time=req.max_idle)
+                              max_lifetime=req.max_lifetime, max_idle_time=req.max_idle,
+                              # idle connections are closed by the clean-up cycle: run it often enough
+                              cleanup_interval=min(60.0, req.max_idle))
     cache = 0 if req.behind_pgbouncer else 100
 
     async def connect() -> asyncpg.Connection:

@@ -10,13 +10,16 @@ reconnect), SQLAlchemy test/engine/test_pool.py (pool_timeout, pre-ping, recycle
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import warnings
 
 import pytest
 
-from pglab import pool_drills
+from pglab import capstone, pool_drills
+from pglab.backends import database_backends
 from pglab.drills import PrivateServer, private_server_unavailable
 from pglab.servers import pgbouncer
-from pglab.testing import within
+from pglab.testing import eventually, within
 
 MODULE = "lab15_production_pools"
 KINDS = ["asyncpg", "psycopg", "sqlalchemy", "lab09"]
@@ -56,14 +59,63 @@ async def test_each_pool_serves_a_query(opened, kind):
             f"{pool.name}: `scalar(conn, 'SELECT 41 + 1')` should return 42"
 
 
+@pytest.mark.parametrize("kind", KINDS)
+async def test_each_pool_opens_and_closes_without_a_warning(lab, load_solution, dsn, kind):
+    # psycopg_pool, for one, still opens a pool in its constructor unless told `open=False`,
+    # and warns that this is deprecated (RuntimeWarning): the next release will refuse it.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pool, _ = await open_pool(lab, load_solution, kind, dsn)
+        try:
+            async with pool.borrow() as conn:
+                await within(pool.scalar(conn, "SELECT 1"), 5, "a query")
+        finally:
+            await within(pool.close(), 10, "close()")
+    said = sorted({f"{w.category.__name__}: {str(w.message)[:160]}" for w in caught})
+    assert not said, f"{pool.name} warned while opening, using or closing: {said}"
+
+
+@pytest.mark.parametrize("kind", ["asyncpg", "psycopg", "lab09"])  # SQLAlchemy keeps no minimum open
+async def test_a_pool_is_warm_when_open_returns(lab, load_solution, dsn, kind):
+    # On a database of its own, so that only this pool's connections are counted.
+    async with capstone.private_database(dsn) as (own_dsn, name):
+        pool, req = await open_pool(lab, load_solution, kind, own_dsn, min_size=2)
+        try:
+            opened = await database_backends(own_dsn, name)
+        finally:
+            await within(pool.close(), 10, "close()")
+    assert opened >= req.min_size, (
+        f"{pool.name}: {opened} server connection(s) right after open, min_size={req.min_size}: open the pool "
+        "and wait for its minimum before returning (the first requests should not pay for connect + SCRAM)")
+
+
 @pytest.mark.deadline(40)
 @pytest.mark.parametrize("kind", KINDS)
 async def test_an_exhausted_pool_says_no_within_the_acquire_timeout(opened, kind):
-    pool, req = await opened(kind)
+    pool, req = await opened(kind, min_size=2, max_size=5)  # 5 - 2 = 3 overflow, and 5 ^ 2 = 7
     outcome = await within(pool_drills.exhausted(pool, req.max_size, req.acquire_timeout), 30, "the drill")
     assert outcome.ok, (f"{pool.name}, max_size={req.max_size}, acquire_timeout={req.acquire_timeout}: "
                         f"{outcome.detail}. Set the size limit and the acquire timeout (for asyncpg: "
                         "pass it to every acquire)")
+
+
+@pytest.mark.deadline(40)
+@pytest.mark.parametrize("kind", KINDS)
+async def test_idle_connections_above_min_size_are_closed_after_max_idle(lab, load_solution, dsn, kind):
+    async with capstone.private_database(dsn) as (own_dsn, name):
+        pool, req = await open_pool(lab, load_solution, kind, own_dsn, min_size=1, max_size=3, max_idle=1.0)
+        try:
+            async with contextlib.AsyncExitStack() as held:  # all of them at once, then back
+                for _ in range(req.max_size):
+                    await pool.scalar(await held.enter_async_context(pool.borrow()), "SELECT 1")
+
+            async def trimmed() -> bool:
+                return await database_backends(own_dsn, name) <= req.min_size
+
+            await eventually(trimmed, 15, f"{pool.name}: {req.max_size} connections opened at once should shrink to "
+                             f"min_size={req.min_size} once idle for max_idle={req.max_idle:g} s")
+        finally:
+            await within(pool.close(), 10, "close()")
 
 
 @pytest.mark.deadline(40)
