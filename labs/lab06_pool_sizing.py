@@ -57,7 +57,8 @@ def hikari_pool_size(core_count: int | None = None, effective_spindle_count: int
     """HikariCP's starting point for the whole database: core_count x 2 + effective_spindle_count.
 
     `core_count` is the database server's physical cores (hyper-threads do not
-    count); it defaults to this machine's, right when the database runs here.
+    count); it defaults to this machine's, right when the database runs here (where
+    psutil cannot tell the physical cores, `os.cpu_count()`, else 1).
     Spindles are 0 when the data fits in memory. Raises ValueError for
     core_count < 1 or a negative spindle count.
     """

@@ -2,8 +2,9 @@
 
 The kept mutants in `tests/mutants/` are bugs a person chose; this is the machine's
 complement. cosmic-ray (https://cosmic-ray.readthedocs.io) mutates every operator,
-constant and statement it can in a lab's solved module; only mutations inside the
-`# BEGIN SOLUTION` regions, the code a learner writes, are run. cosmic-ray's core
+constant and statement it can in a lab's solved modules (every file of the lab: both
+halves of lab 09); only mutations inside the `# BEGIN SOLUTION` regions, the code a
+learner writes, are run. cosmic-ray's core
 operators only touch operators and constants, and much of what a learner writes in an
 asyncio lab has neither (`return await conn.fetch(query, *args)`): three course
 operators add the slips of async code, a deleted statement, a forgotten `await` and a
@@ -125,10 +126,15 @@ def course_operators() -> dict[str, type]:
     return {op.__name__: op for op in (StatementToPass, RemoveAwait, KeywordArgumentToNone)}
 
 
-def _config(module: Path, command: str, timeout: float) -> str:
+def lab_modules(course: Course, lab: Lab) -> list[str]:
+    """The file names of every module of `lab`'s solution: one, or both halves of a lab split in two (lab 09)."""
+    return sorted(path.name for path in (course.root / "solutions").glob(f"lab{lab.id}_*.py")) or [f"{lab.module}.py"]
+
+
+def _config(modules: list[Path], command: str, timeout: float) -> str:
     return "\n".join([
         "[cosmic-ray]",
-        f"module-path = {json.dumps(str(module))}",
+        f"module-path = {json.dumps([str(module) for module in modules])}",
         f"timeout = {timeout}",
         "excluded-modules = []",
         f"test-command = {json.dumps(command)}",
@@ -138,14 +144,14 @@ def _config(module: Path, command: str, timeout: float) -> str:
     ])
 
 
-def _skip_outside(session: Path, wanted: set[int]) -> None:
-    """Mark every work item that mutates no line of a solution region as skipped."""
+def _skip_outside(session: Path, wanted: dict[str, set[int]]) -> None:
+    """Mark every work item that mutates no line of a solution region as skipped (`wanted`: lines by file name)."""
     from cosmic_ray.work_db import WorkDB, use_db
     from cosmic_ray.work_item import WorkerOutcome, WorkResult
 
     with use_db(str(session), WorkDB.Mode.open) as db:
         for item in list(db.pending_work_items):
-            if not any(m.start_pos[0] in wanted for m in item.mutations):
+            if not any(m.start_pos[0] in wanted.get(m.module_path.name, set()) for m in item.mutations):
                 db.set_result(item.job_id, WorkResult(worker_outcome=WorkerOutcome.SKIPPED))
 
 
@@ -173,12 +179,12 @@ def run_lab(course: Course, lab: Lab, workdir: Path, timeout: float = 120.0) -> 
     except ImportError:
         return LabScore(lab.id, error=INSTALL_HINT)
     folder = write_solved(course, workdir / lab.id / "labs")
-    module = folder / f"{lab.module}.py"
+    names = lab_modules(course, lab)
     disabled = " ".join(f"-p no:{name}" for name in UNUSED_PLUGINS)
     command = (f"{shlex.quote(sys.executable)} -m pytest {lab.tests} --target {shlex.quote(str(folder))} "
                f"-x -q --no-header {disabled}")
     config, session = workdir / lab.id / "cosmic-ray.toml", workdir / lab.id / "session.sqlite"
-    config.write_text(_config(module, command, timeout))
+    config.write_text(_config([folder / name for name in names], command, timeout))
     session.unlink(missing_ok=True)  # a fresh run: cosmic-ray refuses to init over an old session's results
     tool = [sys.executable, "-m", "pglab.mutation"]  # cosmic-ray's command line, with the course operators
     steps = (["init", str(config), str(session)], ["exec", str(config), str(session)])
@@ -188,7 +194,8 @@ def run_lab(course: Course, lab: Lab, workdir: Path, timeout: float = 120.0) -> 
             output = (proc.stderr.strip() or proc.stdout.strip())[-500:]  # cosmic-ray logs to stdout
             return LabScore(lab.id, error=f"cosmic-ray {step[0]} failed: {output}")
         if step[0] == "init":  # before exec: run only what a learner writes
-            _skip_outside(session, solution_lines((course.root / lab.solution).read_text()))
+            _skip_outside(session, {name: solution_lines((course.root / "solutions" / name).read_text())
+                                    for name in names})
     score = _score(session, lab)
     (workdir / f"lab{lab.id}.json").write_text(json.dumps({**asdict(score), "score": score.score}, indent=1))
     return score

@@ -156,8 +156,9 @@ class BoundedPool:
 async def resilient_fetch(pool: Any, query: str, *args: Any, deadline: float = 10.0,
                           base_delay: float = 0.05) -> list[asyncpg.Record]:
     """`fetch` that retries transient failures (see `is_transient`) for up to `deadline`
-    seconds in all, acquire and query included, with a jittered, doubling delay between
-    attempts; any other error propagates at once.
+    seconds in all, acquire and query included: each `timeout=` is the time left. After the
+    n-th failure it sleeps a random time between d/2 and d, d = min(base_delay * 2**n, 1 s,
+    time left) (doubling, capped, jittered); any other error propagates at once.
 
     Raises DeadlineExceededError (chained to the last failure) when the retries use up the
     deadline, QueryTimeoutError when the query itself is still running at the deadline.

@@ -12,7 +12,9 @@ from __future__ import annotations
 import ast
 import asyncio
 import inspect
+from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -122,22 +124,33 @@ async def test_initialize_opens_min_size_connections(lab, dsn, app_name):
         terminate(db)
 
 
-async def test_acquire_is_a_plain_method_that_refuses_before_initialize(lab):
-    require_plain_acquire(lab)
-    db = lab.DatabasePool()
-    assert db.pool is None, "DatabasePool().pool should be None until initialize()"
+async def refuses_before_initialize(name: str, call: Callable[[], Awaitable[Any]], hint: str = "") -> None:
+    """`call()` must raise RuntimeError saying the pool is not initialized."""
     try:
-        db.acquire()
+        await call()
     except NotImplementedError:
         raise
     except RuntimeError as exc:
         assert "initiali" in str(exc).lower(), f"the RuntimeError should say to call initialize() first: {exc}"
     except Exception as exc:  # noqa: BLE001 - the learner reads what was raised instead
-        pytest.fail(f"acquire() before initialize() raised {type(exc).__name__}: {exc}; raise a RuntimeError "
-                    "saying the pool is not initialized", pytrace=False)
+        pytest.fail(f"{name} before initialize() raised {type(exc).__name__}: {exc}; raise a RuntimeError "
+                    f"saying the pool is not initialized{hint}", pytrace=False)
     else:
-        pytest.fail("acquire() before initialize() should raise RuntimeError('... not initialized ...')",
+        pytest.fail(f"{name} before initialize() should raise RuntimeError('... not initialized ...')",
                     pytrace=False)
+
+
+async def test_acquire_is_a_plain_method_that_refuses_before_initialize(lab):
+    require_plain_acquire(lab)
+    db = lab.DatabasePool()
+    assert db.pool is None, "DatabasePool().pool should be None until initialize()"
+
+    async def acquire() -> None:
+        db.acquire()
+
+    await refuses_before_initialize("acquire()", acquire)
+    await refuses_before_initialize("release()", lambda: within(db.release(None), 5, "release() before initialize()"),
+                                    ", as acquire() does")
 
 
 async def test_acquire_works_as_async_context_manager(db):
@@ -168,7 +181,7 @@ async def test_acquire_times_out_when_the_pool_stays_exhausted(db):
         try:
             extra = await within(db.acquire(timeout=0.2), 5,
                                  "acquire(timeout=0.2) on an exhausted pool (is timeout passed to pool.acquire?)")
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         else:
             held.append(extra)
@@ -229,7 +242,7 @@ async def test_command_timeout_reaches_the_pool(lab, dsn):
         async with borrowed(db) as conn:
             try:
                 await within(conn.execute("SELECT pg_sleep(3)"), 10, "a 3 s query")
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             else:
                 pytest.fail("with command_timeout=0.2 a 3 s query should raise TimeoutError, it ran to the end: "
@@ -262,7 +275,7 @@ async def test_max_queries_and_idle_lifetime_reach_the_pool(lab, dsn):
         terminate(db)
 
 
-async def test_get_pool_stats_reports_public_counts(lab, db):
+async def test_get_pool_stats_reports_public_counts(lab, db, dsn):
     zeros = lab.DatabasePool().get_pool_stats()
     assert zeros == {"min_size": 0, "max_size": 0, "size": 0, "idle": 0, "in_use": 0}, (
         f"before initialize() every count should be 0, got {zeros}"
@@ -275,6 +288,17 @@ async def test_get_pool_stats_reports_public_counts(lab, db):
         stats = db.get_pool_stats()
         assert stats["in_use"] == 2, f"two borrowed connections should show in_use == 2: {stats}"
         assert stats["size"] == stats["idle"] + stats["in_use"], f"size should be idle + in_use: {stats}"
+    # Idle connections beside borrowed ones, and max_size above size: in_use is size - idle.
+    wide = await start(lab, dsn, min_size=4, max_size=6)
+    try:
+        async with borrowed(wide), borrowed(wide), borrowed(wide):
+            stats = {key: wide.get_pool_stats()[key] for key in ("size", "idle", "in_use")}
+        assert stats == {"size": 4, "idle": 1, "in_use": 3}, (
+            f"with 4 connections open (max_size 6) and 3 borrowed, expected size 4, idle 1, in_use 3, got {stats}: "
+            "in_use is the open connections minus the idle ones, get_size() - get_idle_size()"
+        )
+    finally:
+        terminate(wide)
     private = private_pool_attributes(lab)
     assert not private, (
         f"use asyncpg's public API (get_size(), get_idle_size(), ...), not private attributes: {private}"

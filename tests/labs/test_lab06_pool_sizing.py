@@ -39,6 +39,7 @@ def size(lab):
         (100, 42, 0.6, (2, 7)),  # busy 4.2 -> exactly 7 (floating point says 7.000000000000001)
         (500, 20, 1.0, (3, 10)),  # no headroom: max = busy
         (1, 1, 0.8, (1, 1)),  # a trickle still needs one connection
+        (0.0001, 0.001, 0.8, (1, 1)),  # 1e-10 busy connections: however small the load, one
         (100, 2, 0.8, (1, 1)),  # 0.2 busy: the same rate as below...
         (100, 200, 0.8, (7, 25)),  # ...with 100x longer queries needs 25x the pool
     ],
@@ -80,6 +81,8 @@ def test_bad_inputs_raise_value_error_naming_the_argument(lab, args, bad):
 def test_hikari_formula_counts_physical_cores(lab, monkeypatch):
     assert lab.hikari_pool_size(4, 1) == 9, "4 cores x 2 + 1 spindle = 9"
     assert lab.hikari_pool_size(8, 0) == 16, "with the data in memory (0 spindles): 8 x 2 = 16"
+    assert lab.hikari_pool_size(3, 2) == 8, "3 cores x 2 + 2 spindles = 8 (an addition, whatever the bits)"
+    assert lab.hikari_pool_size(1, 1) == 3, "a single core is a valid core_count: 1 x 2 + 1 = 3"
     # A machine with 4 physical cores and 8 hyper-threads.
     monkeypatch.setattr(lab.psutil, "cpu_count", lambda logical=True: 8 if logical else 4)
     monkeypatch.setattr(lab.os, "cpu_count", lambda: 8)
@@ -88,6 +91,15 @@ def test_hikari_formula_counts_physical_cores(lab, monkeypatch):
         f"on 4 physical cores with 8 hyper-threads the default should be 4 x 2 + 1 = 9, got {got}: HikariCP's "
         "core count is physical cores, psutil.cpu_count(logical=False); os.cpu_count() counts hyper-threads"
     )
+    # psutil.cpu_count(logical=False) is None where psutil cannot tell the physical cores (see its docs).
+    for threads, expected in [(8, 17), (None, 3)]:
+        monkeypatch.setattr(lab.psutil, "cpu_count", lambda logical=True, _t=threads: _t if logical else None)
+        monkeypatch.setattr(lab.os, "cpu_count", lambda _t=threads: _t)
+        got = lab.hikari_pool_size()
+        assert got == expected, (
+            f"where psutil cannot tell the physical cores (None) and os.cpu_count() says {threads}, the default "
+            f"should be {expected}, got {got}: fall back to os.cpu_count(), and to 1 core when that is None too"
+        )
     for args, bad in [((0,), "core_count"), ((4, -1), "effective_spindle_count")]:
         with pytest.raises(ValueError, match=bad):
             lab.hikari_pool_size(*args)

@@ -41,6 +41,7 @@ class FakePool:
         self.healthy = True
 
     async def close(self) -> None:
+        await asyncio.sleep(0.01)  # like a real close, it takes a round trip
         self.closed = True
 
 
@@ -82,6 +83,34 @@ async def test_config_from_url_or_fields_and_the_password_stays_secret(lab, dsn)
         await conn.close()
 
 
+
+def refusal(make, what: str, named: str) -> None:
+    """`make()` must raise a ValueError that names `named`."""
+    try:
+        result = make()
+    except ValueError as exc:
+        assert named in str(exc), f"{what}: the ValueError should name {named!r}, it says {exc}"
+    except Exception as exc:  # noqa: BLE001 - the learner reads what was raised instead
+        pytest.fail(f"{what} raised {type(exc).__name__}: {exc}; raise a ValueError naming {named!r}", pytrace=False)
+    else:
+        pytest.fail(f"{what} should raise a ValueError naming {named!r}, it returned {result!r}", pytrace=False)
+
+
+def test_from_dict_fills_in_the_default_port_refuses_bad_input_and_keeps_its_argument(lab):
+    config = lab.PostgresPoolConfig.from_dict({"connection_string": "postgresql://app:pw@db.example/shop"})
+    assert (config.host, config.port, config.database) == ("db.example", 5432, "shop"), (
+        f"a URL without a port means PostgreSQL's default port, 5432: got {config!r}"
+    )
+    settings = {"connection_string": "postgresql://app:pw@db.example:6543/shop", "max_size": 9}
+    before = dict(settings)
+    lab.PostgresPoolConfig.from_dict(settings)
+    assert settings == before, f"from_dict() changed the caller's mapping, {before} became {settings}: work on a copy"
+    refusal(lambda: lab.PostgresPoolConfig.from_dict({"connection_string": "mysql://app:pw@db.example/shop"}),
+            "from_dict() with a mysql:// URL", "postgresql://")
+    fields = dict(host="db.example", port=5432, database="shop", user="app", password="pw")
+    refusal(lambda: lab.PostgresPoolConfig.from_dict({**fields, "max_sise": 9}),
+            "from_dict() with a misspelt setting, max_sise", "max_sise")
+
 async def test_one_pool_per_config_and_50_concurrent_calls_create_it_once(lab):
     manager = lab.ConnectionPoolManager()
     factory = Factory()
@@ -93,7 +122,9 @@ async def test_one_pool_per_config_and_50_concurrent_calls_create_it_once(lab):
     url_pool = await manager.get_pool("http://127.0.0.1:9/", factory)  # any hashable config: a generic client
     assert url_pool is not pools[0] and manager.get_pool_count() == 2, "another config needs another pool"
     await within(manager.close_all(), 10, "close_all()")
-    assert all(pool.closed for pool in factory.pools), "close_all() should close the running loop's pools"
+    assert all(pool.closed for pool in factory.pools), (
+        "close_all() should close the running loop's pools, and return only once they are closed (await them)"
+    )
     assert manager.get_pool_count() == 0, "close_all() should forget the pools"
 
 
@@ -114,6 +145,17 @@ async def test_a_failed_creation_registers_nothing_and_the_next_call_tries_again
     pool = await within(manager.get_pool("client", factory), 5, "get_pool() once creation works again")
     assert isinstance(pool, FakePool) and factory.calls == 1, (
         f"after a failed creation the next get_pool() should create the pool, got {pool!r}"
+    )
+    pool.healthy = False  # it breaks, and its replacement cannot be created either
+
+    async def healthy(candidate) -> bool:
+        return candidate.healthy
+
+    with pytest.raises(ConnectionRefusedError):
+        await within(manager.get_pool("client", refused, healthy), 5, "get_pool() replacing a broken pool")
+    assert pool.closed and manager.get_pool_count() == 0, (
+        f"the pool that failed validation should be closed and forgotten even when its replacement cannot be "
+        f"created: closed {pool.closed}, still registered: {manager.get_pool_info()}"
     )
     await within(manager.close_all(), 5, "close_all()")
 
@@ -226,6 +268,23 @@ def test_closed_loops_are_forgotten_without_touching_them(lab, dsn, app_name):
     assert manager.get_pool_info() == [], "get_pool_info() should not list pools of closed loops"
     asyncio.run(terminate_backends(dsn, app_name))
 
+
+
+def test_get_pool_forgets_the_pools_of_closed_loops(lab):
+    manager = lab.ConnectionPoolManager()
+    factory = Factory()
+
+    async def job() -> None:
+        pool = await manager.get_pool("client", factory)
+        pool.loop = asyncio.get_running_loop()  # as an asyncpg pool does: the weak key then stays alive
+
+    for _ in range(5):  # a worker calling asyncio.run() per task, never close_all()
+        asyncio.run(job())
+    count = manager.get_pool_count()
+    assert count <= 1, (
+        f"after 5 asyncio.run() calls, each closing its loop, {count} pools are still registered: a pool that "
+        "refers to its loop keeps the weak key alive, so get_pool() should forget the loops that are closed"
+    )
 
 def test_a_new_loop_never_inherits_a_dead_loops_pool(lab):
     manager = lab.ConnectionPoolManager()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import time
 
 import asyncpg
@@ -210,6 +211,20 @@ async def test_pooled_connection_knows_its_age_and_idle_time(lab):
     assert not lab.PooledConnection(object()).is_expired(), "without a lifetime a connection never expires"
     item.last_used_at -= 5
     assert 4.9 < item.idle_time() < 6, f"idle_time() should be seconds since last use, got {item.idle_time()}"
+
+
+def test_jittered_lifetime_is_within_the_last_10_percent_of_max_lifetime(lab):
+    config = lab.PoolConfig(max_lifetime=100.0)
+    lifetimes = [config.jittered_lifetime() for _ in range(200)]
+    outside = [round(t, 2) for t in lifetimes if not 90.0 <= t <= 100.0]
+    assert not outside, (
+        f"jittered_lifetime() with max_lifetime=100 gave {outside[:5]}: shorten max_lifetime by a random 0-10 % "
+        "(between 90 and 100), never lengthen it: no connection may outlive max_lifetime"
+    )
+    assert max(lifetimes) - min(lifetimes) > 2.0, (
+        f"200 lifetimes all within {max(lifetimes) - min(lifetimes):.2f} s of each other: draw the jitter at random "
+        "for each connection"
+    )
 
 
 @pytest.mark.parametrize(("config", "field"), [
@@ -428,6 +443,7 @@ async def test_cancelling_at_any_await_loses_no_slot(make_pool, connector, step)
 async def test_stats_use_psycopg_pool_names(make_pool, connector):
     pool = await make_pool(min_size=0, max_size=1, acquire_timeout=10)
     held = await within(pool.acquire(), 10, "acquire()")
+    began = time.monotonic()
     waiting = asyncio.create_task(pool.acquire(timeout=0.1))
 
     async def queued() -> bool:
@@ -436,10 +452,12 @@ async def test_stats_use_psycopg_pool_names(make_pool, connector):
     await eventually(queued, 5, f"requests_waiting should be 1 while an acquire waits ({pool.stats()})")
     with pytest.raises(TimeoutError):
         await within(waiting, 5, "a waiting acquire(timeout=0.1)")
+    waited_ms = (time.monotonic() - began) * 1000  # the only wait of this history
     await pool.release(held)
-    conn = await within(pool.acquire(), 10, "acquire()")
-    await conn.close()  # the borrower closed it: a bad return
-    await pool.release(conn)
+    for _ in range(2):  # two bad returns, one lost connection below: the two counters cannot be swapped
+        conn = await within(pool.acquire(), 10, "acquire()")
+        await conn.close()  # the borrower closed it: a bad return
+        await pool.release(conn)
     connector.failures = 1
     with pytest.raises(ConnectionRefusedError):
         await within(pool.acquire(), 10, "acquire() with a failing connect")
@@ -448,10 +466,12 @@ async def test_stats_use_psycopg_pool_names(make_pool, connector):
     await connector.kill(conn)  # dies while idle: found at the next checkout
     await pool.release(await within(pool.acquire(), 10, "acquire()"))
     stats = pool.stats()
-    assert stats["requests_wait_ms"] >= 50, f"requests_wait_ms should add up the time spent waiting: {stats}"
+    assert 50 <= stats["requests_wait_ms"] <= waited_ms + 1, (
+        f"requests_wait_ms should add up the time spent waiting, here one wait of at most {waited_ms:.0f} ms "
+        f"(the time from the start of the wait to its end, in ms): {stats}")
     expected = {"pool_min": 0, "pool_max": 1, "pool_size": 1, "pool_available": 1, "requests_waiting": 0,
-                "requests_num": 6, "requests_errors": 2, "connections_num": 4, "connections_errors": 1,
-                "connections_lost": 1, "returns_bad": 1}
+                "requests_num": 7, "requests_errors": 2, "connections_num": 5, "connections_errors": 1,
+                "connections_lost": 1, "returns_bad": 2}
     got = {name: stats.get(name) for name in expected}
     assert got == expected, f"stats() after a known history, expected {expected}\n got {got}"
 
@@ -503,15 +523,16 @@ async def test_a_closed_or_killed_connection_is_never_lent(make_pool, connector)
 
 
 async def test_check_runs_at_checkout_and_on_release(make_pool, connector):
-    bad: set[int] = set()
+    bad: set[int] = set()  # these raise
+    refused: set[int] = set()  # these return False
     calls = 0
 
-    async def check(conn) -> bool:
+    async def check(conn) -> bool | None:  # as psycopg_pool's check, it returns nothing when all is well
         nonlocal calls
         calls += 1
         if id(conn) in bad:
             raise ConnectionResetError("check: broken")
-        return True
+        return False if id(conn) in refused else None
 
     pool = await make_pool(min_size=1, max_size=2, check=check)
     conn = await within(pool.acquire(), 10, "acquire()")
@@ -522,14 +543,36 @@ async def test_check_runs_at_checkout_and_on_release(make_pool, connector):
         f"a connection failing the check on release must be closed: {pool.stats()}")
     conn = await within(pool.acquire(), 10, "acquire()")
     await pool.release(conn)
-    bad.add(id(conn))  # it breaks while idle
+    assert not conn.is_closed(), (
+        "a connection whose check returned None was closed on release: only False or an exception means "
+        "broken, keep it for reuse")
+    refused.add(id(conn))  # it breaks while idle
     other = await within(pool.acquire(), 10, "acquire()")
-    assert other is not conn, "an idle connection failing the check at checkout was lent"
+    assert other is not conn, "an idle connection whose check returned False at checkout was lent"
     await pool.release(other)
 
 
+def record_sleeps(lab, monkeypatch) -> list[float]:
+    """The delays of the asyncio.sleep calls the lab module awaits; the sleeps still happen."""
+    real_sleep, delays = asyncio.sleep, []
+
+    def recorded_sleep(delay: float, result=None):
+        if sys._getframe(1).f_globals.get("__name__") != lab.__name__:
+            return real_sleep(delay, result)
+
+        async def recorded():  # runs only when awaited
+            delays.append(delay)
+            return await real_sleep(delay, result)
+
+        return recorded()
+
+    monkeypatch.setattr(asyncio, "sleep", recorded_sleep)
+    return delays
+
+
 @pytest.mark.deadline(30)
-async def test_min_size_is_restored_in_the_background_with_backoff(lab):
+async def test_min_size_is_restored_in_the_background_with_backoff(lab, monkeypatch):
+    pauses = record_sleeps(lab, monkeypatch)  # the pauses between failed refills, if made with asyncio.sleep
     connector = FakeConnector()
     pool = lab.ConnectionPool(connector, lab.PoolConfig(min_size=2, max_size=3, reconnect_delay=0.05))
     try:
@@ -545,12 +588,32 @@ async def test_min_size_is_restored_in_the_background_with_backoff(lab):
         assert 1 <= retries <= 16, (
             f"{retries} connects in 1 s while the server was down (reconnect_delay=0.05): retry in the "
             "background, doubling the pause after each failed round")
+        doubling = [0.05 * 2**n for n in range(len(pauses[:4]))]
+        assert pauses[:4] == pytest.approx(doubling, rel=0.25), (
+            f"the pauses between failed refills were {[round(d, 3) for d in pauses[:4]]} s: start at "
+            f"reconnect_delay=0.05 and double after each failed round ({doubling})")
         connector.down = False
 
         async def restored() -> bool:
             return pool.stats()["pool_available"] == 2
 
         await eventually(restored, 5, f"min_size=2 should be restored in the background ({pool.stats()})")
+        # A second outage, after the pause grew during the first: a refill that worked starts the pauses over.
+        connector.down = True
+        for conn in list(connector.connections):
+            await connector.kill(conn)
+        with pytest.raises(ConnectionRefusedError):
+            await within(pool.acquire(), 5, "acquire() while the server is down again")
+        attempts, before = connector.attempts, len(pauses)
+        await asyncio.sleep(1.0)
+        retries = connector.attempts - attempts
+        assert pauses[before:before + 1] in ([], pytest.approx([0.05], rel=0.25)) and retries >= 3, (
+            f"{retries} connects in 1 s of a second outage (reconnect_delay=0.05), the first pause "
+            f"{pauses[before:before + 1]} s: after a refill that worked, "
+            "reset the pause to reconnect_delay, or the next outage waits out the long pause of the last one"
+        )
+        connector.down = False
+        await eventually(restored, 5, f"min_size=2 should be restored after the second outage ({pool.stats()})")
     finally:
         await within(pool.close(), 10, "close()")
 
@@ -623,6 +686,49 @@ async def test_idle_trimming_closes_only_the_surplus_idle_too_long(make_pool, co
         early = [c.closed_at - released_at for c in conns[:2] if c.closed_at - released_at < 0.3]
         assert not early, f"connections were closed after {early} s idle, before max_idle_time=0.3"
     await pool.release(conns[3])
+
+
+async def test_idle_time_counts_from_the_release_not_from_the_connect(lab):
+    connector = FakeConnector()
+    pool = lab.ConnectionPool(connector, lab.PoolConfig(min_size=0, max_size=1, max_idle_time=1.0,
+                                                        cleanup_interval=0.02))
+    try:
+        await within(pool.start(), 10, "start()")
+        conn = await within(pool.acquire(), 10, "acquire()")
+        await asyncio.sleep(1.2)  # borrowed longer than max_idle_time: it was busy, not idle
+        await pool.release(conn)
+        await asyncio.sleep(0.1)  # several clean-up cycles, well within max_idle_time of the release
+        assert not conn.is_closed(), (
+            "a connection idle for 0.1 s was closed with max_idle_time=1: it had been borrowed for 1.2 s. "
+            "Stamp last_used_at when it comes back (release), so idle time counts from then")
+    finally:
+        await within(pool.close(), 10, "close()")
+
+
+async def test_idle_trimming_keeps_what_is_left_below_min_size(lab):
+    connector = FakeConnector()
+    pool = lab.ConnectionPool(connector, lab.PoolConfig(min_size=2, max_size=2, max_idle_time=0.1,
+                                                        cleanup_interval=0.02, reconnect_delay=0.05))
+    try:
+        await within(pool.start(), 10, "start()")
+        conns = [await within(pool.acquire(), 10, "acquire()") for _ in range(2)]
+        connector.down = True  # the refill fails: the pool stays below min_size=2
+        await connector.kill(conns[0])
+        for conn in conns:
+            await pool.release(conn)  # the dead one is closed, the other one idles
+        await asyncio.sleep(0.6)  # several clean-up cycles while it idles longer than max_idle_time=0.1
+        assert pool.stats()["pool_size"] == 1 and not conns[1].is_closed(), (
+            f"below min_size=2, the clean-up closed the last connection for idling too long ({pool.stats()}): "
+            "trim only while _size > min_size"
+        )
+        connector.down = False
+
+        async def restored() -> bool:
+            return pool.stats()["pool_available"] == 2
+
+        await eventually(restored, 5, f"min_size=2 should be restored once the server is back ({pool.stats()})")
+    finally:
+        await within(pool.close(), 10, "close()")
 
 
 @pytest.mark.deadline(30)
@@ -700,6 +806,27 @@ async def test_close_wakes_waiters_and_refuses_new_acquires(lab, make_pool, conn
     await within(pool.close(), 10, "a second close()")
 
 
+async def test_a_connection_that_opens_after_close_is_closed(lab, make_pool, connector):
+    pool = await make_pool(min_size=0, max_size=1)
+    connector.delay = 0.3  # close() comes while this acquire is still connecting
+    connecting = asyncio.create_task(pool.acquire())
+
+    async def started() -> bool:
+        return connector.attempts == 1
+
+    await eventually(started, 5, "acquire() should start opening a connection")
+    await within(pool.close(), 10, "close() while an acquire is connecting")
+    with pytest.raises(lab.PoolClosedError):
+        await within(connecting, 10, "an acquire() whose connect finishes after close()")
+
+    async def none_open() -> bool:
+        return await connector.open_count() == 0
+
+    await eventually(none_open, 5, "a connection that finished opening after close() was left open: "
+                     "close it before raising PoolClosedError")
+    assert pool.stats()["pool_size"] == 0, f"its slot should be freed too: {pool.stats()}"
+
+
 async def test_close_during_a_clean_up_cycle_closes_every_connection(lab):
     connector = FakeConnector()
     pool = lab.ConnectionPool(connector, lab.PoolConfig(min_size=0, max_size=4, max_idle_time=0,
@@ -733,3 +860,20 @@ async def test_close_lets_the_callers_cancellation_through(lab):
         "cancelled also hides your own; wait with `asyncio.wait([task])` instead")
     await within(pool.close(), 10, "a second close()")
     assert connector.open == 0, "close() after a cancelled close() should still close every connection"
+
+
+async def test_close_waits_for_its_background_task_to_stop(lab):
+    before = asyncio.all_tasks()
+    pool = lab.ConnectionPool(FakeConnector(), lab.PoolConfig(min_size=0, max_size=1))
+    await within(pool.start(), 10, "start()")
+    started = asyncio.all_tasks() - before  # the pool's upkeep task (and any other it keeps)
+
+    async def close_then_look() -> list[asyncio.Task]:  # looks the moment close() returns, before any other step
+        await pool.close()
+        return [task for task in started if not task.done()]
+
+    running = await within(close_then_look(), 10, "close()")
+    assert not running, (
+        f"close() returned while {len(running)} task(s) the pool started were still running: after cancelling "
+        "its background task, close() must wait for it to finish (`await asyncio.wait([task])`)"
+    )

@@ -8,6 +8,8 @@ own (module fixture), never on the shared one. Ordered from the most basic piece
 from __future__ import annotations
 
 import asyncio
+import random
+import sys
 
 import asyncpg
 import pytest
@@ -108,7 +110,7 @@ async def test_map_db_error_gives_the_status_and_never_leaks_details(lab, dsn, t
         "server down": 503,
     }
     synthetic = {
-        "exhausted pool (acquire timed out)": (asyncio.TimeoutError(), 503),
+        "exhausted pool (acquire timed out)": (TimeoutError(), 503),
         "too many waiters": (lab.TooManyWaitersError("queue full"), 503),
         "resilient_fetch gave up": (lab.DeadlineExceededError("gave up"), 503),
         "query past the deadline": (lab.QueryTimeoutError("too slow"), 504),
@@ -136,7 +138,7 @@ async def test_map_db_error_gives_the_status_and_never_leaks_details(lab, dsn, t
 
 async def test_one_timeout_policy_retries_a_busy_pool_but_never_a_slow_query(lab):
     policy = {  # failure: (retried by resilient_fetch, status)
-        "acquire timed out (asyncio.TimeoutError)": (asyncio.TimeoutError(), True, 503),
+        "acquire timed out (asyncio.TimeoutError)": (TimeoutError(), True, 503),
         "query past the deadline (QueryTimeoutError)": (lab.QueryTimeoutError("slow"), False, 504),
         "statement_timeout (QueryCanceledError)": (
             asyncpg.QueryCanceledError("canceling statement due to statement timeout"), False, 504),
@@ -378,6 +380,111 @@ async def test_backoff_neither_hammers_a_down_server_nor_sleeps_the_whole_deadli
         f"{attempts} connection attempts in a 1 s deadline: sleep a growing (doubling), jittered delay "
         "between attempts; a tight or constant loop hammers a server that is starting up"
     )
+
+
+class FlakyPool:
+    """Any pool, for resilient_fetch's schedule: refuses `refusals` connects and resets `resets`
+    queries (both OSErrors, transient), then answers; records the time and `timeout=` of each call."""
+
+    def __init__(self, refusals: int = 10**6, resets: int = 0, late: bool = False) -> None:
+        self.refusals, self.resets, self.late = refusals, resets, late  # late: lends just after its timeout
+        self.calls: list[tuple[str, float, float | None]] = []  # ("acquire" or "fetch", loop time, timeout)
+
+    async def acquire(self, timeout: float | None = None) -> FlakyPool:
+        self.calls.append(("acquire", asyncio.get_running_loop().time(), timeout))
+        if self.refusals:
+            self.refusals -= 1
+            raise ConnectionRefusedError("connection refused")
+        if self.late and timeout is not None:
+            await asyncio.sleep(timeout + 0.02)
+        return self  # the connection too: it only needs fetch()
+
+    async def fetch(self, query: str, *args, timeout: float | None = None) -> list[dict]:
+        self.calls.append(("fetch", asyncio.get_running_loop().time(), timeout))
+        if self.resets:
+            self.resets -= 1
+            raise ConnectionResetError("connection reset by peer")
+        return [{"answer": 42}]
+
+    async def release(self, conn) -> None:
+        pass
+
+
+def record_sleeps(lab, monkeypatch) -> list[tuple[float, float]]:
+    """(loop time, delay) of each asyncio.sleep the lab module awaits; the sleeps still happen."""
+    real_sleep, sleeps = asyncio.sleep, []
+
+    def recorded_sleep(delay: float, result=None):
+        if delay <= 0 or sys._getframe(1).f_globals.get("__name__") != lab.__name__:  # sleep(0) only yields
+            return real_sleep(delay, result)
+
+        async def recorded():  # runs only when awaited: a sleep never awaited is not recorded
+            sleeps.append((asyncio.get_running_loop().time(), delay))
+            return await real_sleep(delay, result)
+
+        return recorded()
+
+    monkeypatch.setattr(asyncio, "sleep", recorded_sleep)
+    return sleeps
+
+
+def check_schedule(pool: FlakyPool, sleeps, start: float, deadline: float, base_delay: float) -> None:
+    """Every timeout= is the time left, every sleep between half and all of min(base_delay * 2**n, 1 s, time left)."""
+    first = pool.calls[0][1]
+
+    def time_left(at: float) -> tuple[float, float]:  # the deadline starts between `start` and the first call
+        return deadline - (at - start), deadline - (at - first)
+
+    for what, at, timeout in pool.calls:
+        least, most = time_left(at)
+        assert timeout is not None and least - 1e-3 <= timeout <= max(most, 0.001) + 1e-3, (
+            f"{what}(timeout={timeout}) was called with {most:.3f} s left of deadline={deadline:g}: pass the "
+            "time left as each timeout= (`give_up - loop.time()`), for the acquire and the fetch alike"
+        )
+    for n, (at, delay) in enumerate(sleeps, 1):
+        least, most = time_left(at)
+        low, high = min(base_delay * 2**n, 1.0, least) / 2, min(base_delay * 2**n, 1.0, most)
+        assert low - 1e-3 <= delay <= high + 1e-3, (
+            f"after failed attempt {n} it slept {delay:.3f} s; expected between d/2 and d with "
+            f"d = min(base_delay * 2**{n}, 1 s, time left) = {high:.3f} s (base_delay={base_delay:g}). "
+            f"All sleeps: {[round(d, 3) for _, d in sleeps]}"
+        )
+
+
+async def test_retries_pass_the_time_left_as_timeout_and_sleep_a_doubling_jittered_delay(lab, monkeypatch):
+    loop = asyncio.get_running_loop()
+    sleeps = record_sleeps(lab, monkeypatch)
+    # The jitter at its two ends (a lab drawing it another way keeps its own randomness): the
+    # lowest draw shows a delay halved too far, the highest one a cap or a doubling too large.
+    for end, deadline, base_delay in ((min, 1.5, 0.1), (max, 3.0, 0.2)):
+        monkeypatch.setattr(random, "uniform", lambda a, b, end=end: end(a, b))
+        sleeps.clear()
+        pool, start = FlakyPool(), loop.time()
+        with pytest.raises(lab.DeadlineExceededError):
+            await within(lab.resilient_fetch(pool, "SELECT 1", deadline=deadline, base_delay=base_delay),
+                         deadline + 10, f"resilient_fetch(deadline={deadline:g}) against a pool that always refuses")
+        assert len(sleeps) == len(pool.calls) - 1, (
+            f"{len(pool.calls)} attempts and {len(sleeps)} awaited asyncio.sleep() calls: sleep once between "
+            "two attempts (and await the sleep)"
+        )
+        check_schedule(pool, sleeps, start, deadline, base_delay)
+        if end is min:  # the full delay d is min(base_delay * 2**n, 1 s, time left)
+            full = [min(base_delay * 2**n, 1.0, start + deadline - at) for n, (at, _) in enumerate(sleeps, 1)]
+            assert any(delay < 0.9 * d for d, (_, delay) in zip(full, sleeps, strict=True)), (
+                f"the sleeps {[round(d, 3) for _, d in sleeps]} are each the full delay: jitter them "
+                "(between d/2 and d), or clients that failed together retry in lockstep"
+            )
+    monkeypatch.undo()
+    sleeps = record_sleeps(lab, monkeypatch)
+    pool, start = FlakyPool(refusals=1, resets=2), loop.time()  # at most 0.7 s of sleeps: the last query has < 1 s
+    rows = await within(lab.resilient_fetch(pool, "SELECT 42 AS answer", deadline=1.2, base_delay=0.05), 10,
+                        "resilient_fetch(deadline=1.2) over 1 refused connect and 2 reset queries")
+    assert rows == [{"answer": 42}], f"resilient_fetch should return the rows of the attempt that worked, got {rows!r}"
+    check_schedule(pool, sleeps, start, 1.2, 0.05)
+    pool, start = FlakyPool(refusals=0, late=True), loop.time()  # the query starts after the deadline
+    await within(lab.resilient_fetch(pool, "SELECT 42 AS answer", deadline=0.1), 10,
+                 "resilient_fetch(deadline=0.1) whose acquire lends a connection just after its timeout")
+    check_schedule(pool, sleeps, start, 0.1, 0.05)
 
 
 async def test_a_failure_after_the_query_succeeded_is_not_retried(lab, dsn, make_pool, table_name):

@@ -9,7 +9,11 @@ Debian 12 ships 1.18, so there it is skipped, saying so.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
+import threading
 import time
+import warnings
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -102,6 +106,33 @@ async def test_create_pgbouncer_pool_keeps_the_cache_only_where_pgbouncer_tracks
         f"with max_prepared_statements=50 PgBouncer (>= 1.21) carries prepared statements, so keep asyncpg's "
         f"statement cache (at most 50 statements); none was prepared: {names}"
     )
+
+
+async def test_the_statement_cache_holds_at_most_max_prepared_statements(lab, dsn, pools):
+    # (create_pgbouncer_pool arguments, statements the cache should keep): asyncpg's default 100, capped by
+    # PgBouncer's max_prepared_statements; an explicit smaller cache is PgBouncer-safe too.
+    cases = (({"max_prepared_statements": 200}, 100), ({"max_prepared_statements": 30}, 30),
+             ({"max_prepared_statements": 50, "statement_cache_size": 10}, 10))
+    for kwargs, kept in cases:  # straight to PostgreSQL, which shows the statements a connection keeps
+        try:
+            pool = await within(lab.create_pgbouncer_pool(dsn, min_size=1, max_size=1, **kwargs), 15,
+                                f"create_pgbouncer_pool({kwargs})")
+        except ValueError as exc:
+            pytest.fail(f"create_pgbouncer_pool({kwargs}) raised ValueError ({exc}): a cache of {kept} statements "
+                        "fits PgBouncer's limit; refuse only a cache larger than max_prepared_statements",
+                        pytrace=False)
+        pools.append(pool)
+        async with pool.acquire() as conn:
+            for k in range(kept + 20):  # more distinct statements than the cache holds: it evicts the oldest
+                await conn.fetchval(f"SELECT $1::int + {k}", 1)
+            # A statement from prepare() stays outside the cache; asyncpg has closed those it evicted.
+            listing = await conn.prepare("SELECT coalesce(array_agg(name), '{}') FROM pg_prepared_statements")
+            cached = [name for name in await listing.fetchval() if name != listing.get_name()]
+        assert len(cached) == kept, (
+            f"create_pgbouncer_pool({kwargs}): after {kept + 20} different queries on one connection, "
+            f"{len(cached)} statements stay prepared, expected {kept}: the statement cache should be "
+            "statement_cache_size if given, else min(100, max_prepared_statements) (asyncpg's default is 100)"
+        )
 
 
 # -- PgBouncer ------------------------------------------------------------------
@@ -260,6 +291,26 @@ async def test_scrape_over_http_reports_the_pool_and_a_known_workload(make_expor
     assert metrics["db_pool_acquire_seconds_sum"] > 0, "the histogram should time each acquire"
 
 
+async def test_in_use_counts_the_borrowed_connections_beside_idle_ones(make_exporter, dsn, app_name, pools):
+    # max_size above min_size: the open connections are get_size(), not get_max_size().
+    pool = await within(asyncpg.create_pool(dsn, min_size=4, max_size=6,
+                                            server_settings={"application_name": app_name}),
+                        15, "create_pool()")
+    pools.append(pool)
+    exporter = make_exporter(pool)
+    for borrowed in (1, 3):
+        async with contextlib.AsyncExitStack() as held:
+            for _ in range(borrowed):
+                await held.enter_async_context(exporter.instrumented_acquire(timeout=5))
+            got = {name: exporter.registry.get_sample_value(name)
+                   for name in ("db_pool_size", "db_pool_idle", "db_pool_in_use")}
+        expected = {"db_pool_size": 4, "db_pool_idle": 4 - borrowed, "db_pool_in_use": borrowed}
+        assert got == expected, (
+            f"with 4 connections open (max_size 6) and {borrowed} borrowed, expected {expected}, got {got}: "
+            "the connections in use are the open ones minus the idle ones, get_size() - get_idle_size()"
+        )
+
+
 async def _hold(exp) -> None:
     async with exp.instrumented_acquire(timeout=10):
         pass
@@ -335,17 +386,41 @@ async def test_the_scrape_page_listens_on_loopback_only(make_exporter, pool2):
                 "pass addr='127.0.0.1' to start_http_server (its default is 0.0.0.0)", pytrace=False)
 
 
+def serving_threads() -> set[threading.Thread]:
+    """The live threads running an HTTP server's serve_forever (start_http_server starts one per server)."""
+    # Since Python 3.10 a thread's default name ends with its target's name: "Thread-3 (serve_forever)".
+    return {t for t in threading.enumerate() if t.is_alive() and t.name.endswith("(serve_forever)")}
+
+
 async def test_stop_closes_the_scrape_page_and_is_idempotent(make_exporter, pool2):
     exporter = make_exporter(pool2)
+    await within(asyncio.to_thread(exporter.stop), 10, "stop() before serve()")  # nothing to stop: no error
+    before = serving_threads()
     port = exporter.serve(0)
     assert exporter.serve(0) == port, "a second serve() should keep the running server"
     await within(scrape(exporter), 10, "GET /metrics")
-    await asyncio.to_thread(exporter.stop)
-    await asyncio.to_thread(exporter.stop)
-    assert port_is_free(port), (
-        f"after stop() port {port} is still bound: shutdown() only ends the serving loop, "
-        "server_close() closes the listening socket"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        await within(asyncio.to_thread(exporter.stop), 10, "stop()")
+        gc.collect()  # a socket only dropped, not closed, warns when it is collected
+    await within(asyncio.to_thread(exporter.stop), 10, "a second stop()")
+
+    async def loop_ended() -> bool:
+        return not serving_threads() - before
+
+    await eventually(loop_ended, 3, "after stop() the thread serving the scrape page should end: call "
+                                    "server.shutdown() (it ends serve_forever()), then server.server_close()")
+    unclosed = [str(w.message) for w in caught
+                if issubclass(w.category, ResourceWarning) and f"'127.0.0.1', {port})" in str(w.message)]
+    assert port_is_free(port) and not unclosed, (
+        f"after stop() the listening socket of port {port} should be closed, "
+        f"{'the garbage collector closed it: ' + unclosed[0] if unclosed else 'it is still bound'}: "
+        "server.shutdown() only ends the serving loop, server.server_close() closes the socket"
     )
-    with pytest.raises(httpx.HTTPError):
+    with pytest.raises(httpx.ConnectError):
         async with httpx.AsyncClient(timeout=2) as client:
             await client.get(f"http://127.0.0.1:{port}/metrics")
+    assert exporter.port is None, f"after stop() exporter.port should be None, as before serve(): {exporter.port!r}"
+    new_port = exporter.serve(0)
+    assert exporter.port == new_port, "serve() after stop() should start a new server and set exporter.port"
+    await within(scrape(exporter), 10, "GET /metrics after stop() and serve() again")
