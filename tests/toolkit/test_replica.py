@@ -6,6 +6,7 @@ promotes, stops a primary or needs synchronous replication uses a private pair.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import sys
@@ -35,13 +36,14 @@ def pair():
         yield pair
 
 
+@pytest.mark.deadline(120)  # pg_basebackup copies the whole course server, busy with every other test
 async def test_a_standby_of_the_course_server_streams_and_is_removed(dsn, table_name):
     if not await fetchval(dsn, "SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user"):
         pytest.skip("the course role may not replicate (DATABASE_URL with a plain role): no standby of it")
     folder = Path(tempfile.mkdtemp(prefix="pglab-standby-"))  # pytest may prune its own tmp dirs
     standby = Standby(folder / "replica")
     try:
-        standby_dsn = standby.up(dsn)
+        standby_dsn = await asyncio.to_thread(standby.up, dsn)
         assert standby.status().running
         assert await fetchval(standby_dsn, "SELECT pg_is_in_recovery()") is True
         await fetchval(dsn, f"CREATE TABLE {table_name} AS SELECT 7 AS n")
@@ -51,10 +53,10 @@ async def test_a_standby_of_the_course_server_streams_and_is_removed(dsn, table_
 
         await eventually(replicated, 60, f"table {table_name} written on the primary never reached the standby")
         assert await fetchval(standby_dsn, f"SELECT n FROM {table_name}") == 7
-        assert standby.up(dsn) == standby_dsn, "a second up() finds the running standby"
+        assert await asyncio.to_thread(standby.up, dsn) == standby_dsn, "a second up() finds the running standby"
     finally:
         await fetchval(dsn, f"DROP TABLE IF EXISTS {table_name}")
-        assert standby.remove()
+        assert await asyncio.to_thread(standby.remove)
     assert not standby.status().running and not standby.home.exists()
     shutil.rmtree(folder, ignore_errors=True)
 
