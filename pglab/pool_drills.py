@@ -143,10 +143,11 @@ async def cancellations(pool: PoolUnderTest, max_size: int, n: int = 1000) -> Ou
             for _ in range(max_size):
                 await held.enter_async_context(pool.borrow())
 
-    # Some pools give connections back in the background (psycopg_pool's reset workers):
-    # a leak is a slot that never comes back, so retry for a while before calling it one.
+    # Some pools give connections back in the background (psycopg_pool's reset workers, and its
+    # reconnects, with backoff, for connections discarded mid-query): a leak is a slot that never
+    # comes back, so retry for a while before calling it one (10 s were too few on a busy machine).
     loop = asyncio.get_running_loop()
-    deadline, last = loop.time() + 10, None
+    deadline, last = loop.time() + 30, None
     while loop.time() < deadline:
         try:
             await asyncio.wait_for(all_at_once(), 10)

@@ -127,4 +127,9 @@ class FreezableProxy:
             writer.transport.abort()
         self._writers.clear()
         self._flowing.set()  # let frozen pumps run into the closed sockets and end
-        await asyncio.sleep(0)
+        # Every task of this loop is the proxy's: end them before the loop closes, or their
+        # coroutines are finalised later against a closed loop ("Event loop is closed").
+        if pending := asyncio.all_tasks() - {asyncio.current_task()}:
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=2)
