@@ -163,6 +163,17 @@ async def connector(request, dsn, app_name):
         await terminate_backends(dsn, app_name)
 
 
+@contextlib.asynccontextmanager
+async def fake_pool(lab, connector, **config):
+    """A started pool over `connector`, for the checks that run on the fake connector only; closed after."""
+    pool = lab.ConnectionPool(connector, lab.PoolConfig(**config))
+    try:
+        await within(pool.start(), 10, "start()")
+        yield pool
+    finally:
+        await within(pool.close(), 10, "close()")
+
+
 @pytest.fixture
 async def make_pool(lab, connector):
     """`make_pool(check=..., **config)`: a started pool over the connector, closed after the test."""
@@ -689,11 +700,8 @@ async def test_idle_trimming_closes_only_the_surplus_idle_too_long(make_pool, co
 
 
 async def test_idle_time_counts_from_the_release_not_from_the_connect(lab):
-    connector = FakeConnector()
-    pool = lab.ConnectionPool(connector, lab.PoolConfig(min_size=0, max_size=1, max_idle_time=1.0,
-                                                        cleanup_interval=0.02))
-    try:
-        await within(pool.start(), 10, "start()")
+    async with fake_pool(lab, FakeConnector(), min_size=0, max_size=1, max_idle_time=1.0,
+                         cleanup_interval=0.02) as pool:
         conn = await within(pool.acquire(), 10, "acquire()")
         await asyncio.sleep(1.2)  # borrowed longer than max_idle_time: it was busy, not idle
         await pool.release(conn)
@@ -701,8 +709,6 @@ async def test_idle_time_counts_from_the_release_not_from_the_connect(lab):
         assert not conn.is_closed(), (
             "a connection idle for 0.1 s was closed with max_idle_time=1: it had been borrowed for 1.2 s. "
             "Stamp last_used_at when it comes back (release), so idle time counts from then")
-    finally:
-        await within(pool.close(), 10, "close()")
 
 
 async def test_idle_trimming_keeps_what_is_left_below_min_size(lab):
@@ -764,10 +770,7 @@ async def test_an_expired_idle_connection_is_not_lent(make_pool, connector):
 @pytest.mark.deadline(30)
 async def test_max_lifetime_is_jittered(lab):
     connector = FakeConnector()
-    pool = lab.ConnectionPool(connector, lab.PoolConfig(min_size=8, max_size=8, max_lifetime=1.0,
-                                                        cleanup_interval=0.01))
-    try:
-        await within(pool.start(), 10, "start()")
+    async with fake_pool(lab, connector, min_size=8, max_size=8, max_lifetime=1.0, cleanup_interval=0.01):
         originals = list(connector.connections)
 
         async def retired() -> bool:
@@ -778,8 +781,6 @@ async def test_max_lifetime_is_jittered(lab):
         assert spread > 0.01, (
             f"8 connections opened together all retired within {spread * 1000:.1f} ms: give each a "
             "slightly shorter lifetime (jitter), or they all reconnect in the same instant")
-    finally:
-        await within(pool.close(), 10, "close()")
 
 
 async def test_close_wakes_waiters_and_refuses_new_acquires(lab, make_pool, connector):
