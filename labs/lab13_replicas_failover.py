@@ -74,7 +74,7 @@ class ReplicaRouter:
         raise NotImplementedError("TODO: implement read()")
 
     async def _replayed(self, standby: asyncpg.Connection, lsn: str) -> bool:
-        """Poll the standby until it has replayed `lsn`; False past `max_wait`."""
+        """Poll the standby every 10 ms or so until it has replayed `lsn`; False past `max_wait`."""
         raise NotImplementedError("TODO: implement _replayed()")
 
 
@@ -86,6 +86,8 @@ def is_transient(exc: BaseException) -> bool:
 async def retry(operation: Callable[[], Awaitable[T]], *, deadline: float, base_delay: float = 0.05) -> T:
     """Await `operation()` until it succeeds, retrying transient errors for `deadline` seconds.
 
-    Other errors propagate at once; past the deadline the last transient error does.
+    After the n-th failure it sleeps a random time between d/2 and d, d = min(base_delay * 2**n,
+    1 s, time left): lab 11's schedule. Other errors propagate at once; past the deadline the
+    last transient error does.
     """
     raise NotImplementedError("TODO: implement retry()")

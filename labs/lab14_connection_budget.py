@@ -37,7 +37,10 @@ def usable_connections(budget: ServerBudget) -> int:
 
 
 def pool_size_per_worker(usable: int, workers: int, *, surge: int, headroom: int = 0) -> int:
-    """The largest max_size so `workers + surge` (a rolling deploy's extra) pools plus `headroom` fit in `usable`."""
+    """The largest max_size so `workers + surge` (a rolling deploy's extra) pools plus `headroom` fit in `usable`.
+
+    Raises ValueError naming the connections needed when not even one per process fits.
+    """
     raise NotImplementedError("TODO: implement pool_size_per_worker()")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import linecache
 import os
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import FrameType
@@ -45,6 +46,41 @@ async def eventually(condition: Callable[[], Awaitable[bool]], seconds: float, w
         if loop.time() > deadline:
             pytest.fail(f"{what} (still not true after {seconds:g} s)", pytrace=False)
         await asyncio.sleep(0.05)
+
+
+def record_sleeps(module_name: str, monkeypatch: pytest.MonkeyPatch) -> list[tuple[float, float]]:
+    """(loop time, delay) of each `asyncio.sleep` that code of `module_name` awaits; the sleeps
+    still happen. A sleep never awaited is not recorded, nor is `sleep(0)`, which only yields."""
+    real_sleep, sleeps = asyncio.sleep, []
+
+    def recorded_sleep(delay: float, result: Any = None) -> Awaitable[Any]:
+        if delay <= 0 or sys._getframe(1).f_globals.get("__name__") != module_name:
+            return real_sleep(delay, result)
+
+        async def recorded() -> Any:
+            sleeps.append((asyncio.get_running_loop().time(), delay))
+            return await real_sleep(delay, result)
+
+        return recorded()
+
+    monkeypatch.setattr(asyncio, "sleep", recorded_sleep)
+    return sleeps
+
+
+def check_backoff(sleeps: list[tuple[float, float]], start: float, first: float, deadline: float,
+                  base_delay: float) -> None:
+    """Fail unless the n-th sleep lies between d/2 and d, d = min(base_delay * 2**n, 1 s, time left).
+
+    The deadline began between `start` (before the call) and `first` (its first attempt).
+    """
+    for n, (at, delay) in enumerate(sleeps, 1):
+        least, most = deadline - (at - start), deadline - (at - first)
+        low, high = min(base_delay * 2**n, 1.0, least) / 2, min(base_delay * 2**n, 1.0, most)
+        assert low - 1e-3 <= delay <= high + 1e-3, (
+            f"after failed attempt {n} it slept {delay:.3f} s; expected between d/2 and d with "
+            f"d = min(base_delay * 2**{n}, 1 s, time left) = {high:.3f} s (base_delay={base_delay:g}). "
+            f"All sleeps: {[round(d, 3) for _, d in sleeps]}"
+        )
 
 
 async def hold_pgbouncer_server_connection(bouncer: str) -> Any:

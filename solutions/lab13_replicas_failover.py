@@ -113,7 +113,7 @@ class ReplicaRouter:
         # END SOLUTION
 
     async def _replayed(self, standby: asyncpg.Connection, lsn: str) -> bool:
-        """Poll the standby until it has replayed `lsn`; False past `max_wait`."""
+        """Poll the standby every 10 ms or so until it has replayed `lsn`; False past `max_wait`."""
         # BEGIN SOLUTION
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_wait
@@ -145,7 +145,9 @@ def is_transient(exc: BaseException) -> bool:
 async def retry(operation: Callable[[], Awaitable[T]], *, deadline: float, base_delay: float = 0.05) -> T:
     """Await `operation()` until it succeeds, retrying transient errors for `deadline` seconds.
 
-    Other errors propagate at once; past the deadline the last transient error does.
+    After the n-th failure it sleeps a random time between d/2 and d, d = min(base_delay * 2**n,
+    1 s, time left): lab 11's schedule. Other errors propagate at once; past the deadline the
+    last transient error does.
     """
     # BEGIN SOLUTION
     loop = asyncio.get_running_loop()

@@ -47,7 +47,10 @@ def usable_connections(budget: ServerBudget) -> int:
 
 
 def pool_size_per_worker(usable: int, workers: int, *, surge: int, headroom: int = 0) -> int:
-    """The largest max_size so `workers + surge` (a rolling deploy's extra) pools plus `headroom` fit in `usable`."""
+    """The largest max_size so `workers + surge` (a rolling deploy's extra) pools plus `headroom` fit in `usable`.
+
+    Raises ValueError naming the connections needed when not even one per process fits.
+    """
     # BEGIN SOLUTION
     if workers < 1 or surge < 0 or headroom < 0:
         raise ValueError(f"need workers >= 1, surge >= 0, headroom >= 0; got {workers}, {surge}, {headroom}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sys
 import time
 
 import asyncpg
@@ -18,7 +17,7 @@ import pytest
 
 from pglab import drills
 from pglab.backends import backend_pids, count_backends, terminate_backends
-from pglab.testing import eventually, within
+from pglab.testing import eventually, record_sleeps, within
 
 MODULE = "lab09_connection_pool"
 
@@ -563,27 +562,13 @@ async def test_check_runs_at_checkout_and_on_release(make_pool, connector):
     await pool.release(other)
 
 
-def record_sleeps(lab, monkeypatch) -> list[float]:
-    """The delays of the asyncio.sleep calls the lab module awaits; the sleeps still happen."""
-    real_sleep, delays = asyncio.sleep, []
-
-    def recorded_sleep(delay: float, result=None):
-        if sys._getframe(1).f_globals.get("__name__") != lab.__name__:
-            return real_sleep(delay, result)
-
-        async def recorded():  # runs only when awaited
-            delays.append(delay)
-            return await real_sleep(delay, result)
-
-        return recorded()
-
-    monkeypatch.setattr(asyncio, "sleep", recorded_sleep)
-    return delays
-
-
 @pytest.mark.deadline(30)
 async def test_min_size_is_restored_in_the_background_with_backoff(lab, monkeypatch):
-    pauses = record_sleeps(lab, monkeypatch)  # the pauses between failed refills, if made with asyncio.sleep
+    sleeps = record_sleeps(lab.__name__, monkeypatch)  # the pauses between failed refills, if made with asyncio.sleep
+
+    def pauses() -> list[float]:
+        return [delay for _, delay in sleeps]
+
     connector = FakeConnector()
     pool = lab.ConnectionPool(connector, lab.PoolConfig(min_size=2, max_size=3, reconnect_delay=0.05))
     try:
@@ -599,9 +584,9 @@ async def test_min_size_is_restored_in_the_background_with_backoff(lab, monkeypa
         assert 1 <= retries <= 16, (
             f"{retries} connects in 1 s while the server was down (reconnect_delay=0.05): retry in the "
             "background, doubling the pause after each failed round")
-        doubling = [0.05 * 2**n for n in range(len(pauses[:4]))]
-        assert pauses[:4] == pytest.approx(doubling, rel=0.25), (
-            f"the pauses between failed refills were {[round(d, 3) for d in pauses[:4]]} s: start at "
+        doubling = [0.05 * 2**n for n in range(len(pauses()[:4]))]
+        assert pauses()[:4] == pytest.approx(doubling, rel=0.25), (
+            f"the pauses between failed refills were {[round(d, 3) for d in pauses()[:4]]} s: start at "
             f"reconnect_delay=0.05 and double after each failed round ({doubling})")
         connector.down = False
 
@@ -615,12 +600,12 @@ async def test_min_size_is_restored_in_the_background_with_backoff(lab, monkeypa
             await connector.kill(conn)
         with pytest.raises(ConnectionRefusedError):
             await within(pool.acquire(), 5, "acquire() while the server is down again")
-        attempts, before = connector.attempts, len(pauses)
+        attempts, before = connector.attempts, len(sleeps)
         await asyncio.sleep(1.0)
         retries = connector.attempts - attempts
-        assert pauses[before:before + 1] in ([], pytest.approx([0.05], rel=0.25)) and retries >= 3, (
+        assert pauses()[before:before + 1] in ([], pytest.approx([0.05], rel=0.25)) and retries >= 3, (
             f"{retries} connects in 1 s of a second outage (reconnect_delay=0.05), the first pause "
-            f"{pauses[before:before + 1]} s: after a refill that worked, "
+            f"{pauses()[before:before + 1]} s: after a refill that worked, "
             "reset the pause to reconnect_delay, or the next outage waits out the long pause of the last one"
         )
         connector.down = False

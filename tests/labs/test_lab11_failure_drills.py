@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sys
 
 import asyncpg
 import pytest
@@ -17,7 +16,7 @@ import pytest
 from pglab import drills
 from pglab.backends import terminate_backends
 from pglab.servers.embedded import free_port
-from pglab.testing import eventually, within
+from pglab.testing import check_backoff, eventually, record_sleeps, within
 
 MODULE = "lab11_failure_drills"
 SECRET = "s3cr3t-Passw0rd"
@@ -410,24 +409,6 @@ class FlakyPool:
         pass
 
 
-def record_sleeps(lab, monkeypatch) -> list[tuple[float, float]]:
-    """(loop time, delay) of each asyncio.sleep the lab module awaits; the sleeps still happen."""
-    real_sleep, sleeps = asyncio.sleep, []
-
-    def recorded_sleep(delay: float, result=None):
-        if delay <= 0 or sys._getframe(1).f_globals.get("__name__") != lab.__name__:  # sleep(0) only yields
-            return real_sleep(delay, result)
-
-        async def recorded():  # runs only when awaited: a sleep never awaited is not recorded
-            sleeps.append((asyncio.get_running_loop().time(), delay))
-            return await real_sleep(delay, result)
-
-        return recorded()
-
-    monkeypatch.setattr(asyncio, "sleep", recorded_sleep)
-    return sleeps
-
-
 def check_schedule(pool: FlakyPool, sleeps, start: float, deadline: float, base_delay: float) -> None:
     """Every timeout= is the time left, every sleep between half and all of min(base_delay * 2**n, 1 s, time left)."""
     first = pool.calls[0][1]
@@ -441,19 +422,12 @@ def check_schedule(pool: FlakyPool, sleeps, start: float, deadline: float, base_
             f"{what}(timeout={timeout}) was called with {most:.3f} s left of deadline={deadline:g}: pass the "
             "time left as each timeout= (`give_up - loop.time()`), for the acquire and the fetch alike"
         )
-    for n, (at, delay) in enumerate(sleeps, 1):
-        least, most = time_left(at)
-        low, high = min(base_delay * 2**n, 1.0, least) / 2, min(base_delay * 2**n, 1.0, most)
-        assert low - 1e-3 <= delay <= high + 1e-3, (
-            f"after failed attempt {n} it slept {delay:.3f} s; expected between d/2 and d with "
-            f"d = min(base_delay * 2**{n}, 1 s, time left) = {high:.3f} s (base_delay={base_delay:g}). "
-            f"All sleeps: {[round(d, 3) for _, d in sleeps]}"
-        )
+    check_backoff(sleeps, start, first, deadline, base_delay)
 
 
 async def test_retries_pass_the_time_left_as_timeout_and_sleep_a_doubling_jittered_delay(lab, monkeypatch):
     loop = asyncio.get_running_loop()
-    sleeps = record_sleeps(lab, monkeypatch)
+    sleeps = record_sleeps(lab.__name__, monkeypatch)
     # The jitter at its two ends (a lab drawing it another way keeps its own randomness): the
     # lowest draw shows a delay halved too far, the highest one a cap or a doubling too large.
     for end, deadline, base_delay in ((min, 1.5, 0.1), (max, 3.0, 0.2)):
@@ -475,7 +449,7 @@ async def test_retries_pass_the_time_left_as_timeout_and_sleep_a_doubling_jitter
                 "(between d/2 and d), or clients that failed together retry in lockstep"
             )
     monkeypatch.undo()
-    sleeps = record_sleeps(lab, monkeypatch)
+    sleeps = record_sleeps(lab.__name__, monkeypatch)
     pool, start = FlakyPool(refusals=1, resets=2), loop.time()  # at most 0.7 s of sleeps: the last query has < 1 s
     rows = await within(lab.resilient_fetch(pool, "SELECT 42 AS answer", deadline=1.2, base_delay=0.05), 10,
                         "resilient_fetch(deadline=1.2) over 1 refused connect and 2 reset queries")

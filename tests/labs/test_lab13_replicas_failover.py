@@ -8,6 +8,7 @@ promotes the standby, so it comes last, and the shared course server is never to
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
@@ -17,7 +18,7 @@ import pytest
 
 from pglab import drills
 from pglab.servers.replica import ReplicaPair
-from pglab.testing import eventually, within
+from pglab.testing import check_backoff, eventually, record_sleeps, within
 
 MODULE = "lab13_replicas_failover"
 POOL = {"min_size": 0, "max_size": 4}
@@ -74,11 +75,13 @@ async def make_table(pair, name: str) -> None:
 
 # -- multi-host DSNs and target_session_attrs -------------------------------------
 def test_multi_host_dsn_names_every_host_in_order(lab):
-    dsn = lab.multi_host_dsn(["postgresql://app:p%40ss@10.0.0.1:5433/shop", "postgresql://app:p%40ss@10.0.0.2:5434/shop"],
-                             "read-write")
+    # A standby's DSN may name only its host: user, password and database come from the first.
+    dsn = lab.multi_host_dsn(["postgresql://app:p%40ss@10.0.0.1:5433/shop", "postgresql://10.0.0.2:5434",
+                              "postgresql://10.0.0.3"], "read-write")
     parts = urlsplit(dsn)
-    assert parts.netloc == "app:p%40ss@10.0.0.1:5433,10.0.0.2:5434", (
-        f"expected both hosts with their ports, in order, after the credentials; got {parts.netloc!r}")
+    assert parts.netloc == "app:p%40ss@10.0.0.1:5433,10.0.0.2:5434,10.0.0.3:5432", (
+        f"expected every host with its port (5432 where none is given), in order, after the credentials; "
+        f"got {parts.netloc!r}")
     assert parts.path == "/shop" and parts.query == "target_session_attrs=read-write", (
         f"expected the database and ?target_session_attrs=read-write; got path {parts.path!r}, query {parts.query!r}")
 
@@ -103,9 +106,9 @@ async def test_a_pool_on_the_multi_host_dsn_finds_the_primary_among_hosts(lab, p
 
 
 # -- routing and lag ----------------------------------------------------------------
-async def test_router_writes_on_the_primary_and_reads_on_the_standby(lab, pair, table_name):
+async def test_router_writes_on_the_primary_and_reads_on_the_standby(lab, pair, table_name, app_name):
     await make_table(pair, table_name)
-    async with router(lab, pair) as r:
+    async with router(lab, pair, server_settings={"application_name": app_name}) as r:
         lsn = await within(r.write(f"INSERT INTO {table_name} VALUES (1, 'routed')"), 10, "ReplicaRouter.write()")
         assert isinstance(lsn, str) and "/" in lsn, f"write() should return the LSN as text like '0/3000148': {lsn!r}"
         rows = await within(r.read("SELECT pg_is_in_recovery() AS standby"), 10, "ReplicaRouter.read()")
@@ -113,6 +116,14 @@ async def test_router_writes_on_the_primary_and_reads_on_the_standby(lab, pair, 
         async with connect(pair.primary_dsn) as primary:
             assert await primary.fetchval(f"SELECT note FROM {table_name} WHERE id = 1") == "routed", (
                 "write() did not write the row on the primary")
+    for server, dsn in (("primary", pair.primary_dsn), ("standby", pair.standby_dsn)):
+        async with connect(dsn) as conn:
+            async def closed() -> bool:
+                return not await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                                               app_name)
+
+            await eventually(closed, 10, f"after ReplicaRouter.close() the router's connections to the {server} "
+                                         "should be gone: close (await) both pools")
 
 
 async def test_replay_lag_counts_the_wal_bytes_the_standby_has_not_replayed(lab, pair, table_name):
@@ -131,6 +142,42 @@ async def test_replay_lag_counts_the_wal_bytes_the_standby_has_not_replayed(lab,
                 "bytes; measure pg_current_wal_lsn() on the primary minus pg_last_wal_replay_lsn() on the standby "
                 "(the receive LSN does not say what a reader can see)")
         await eventually(caught_up, 20, "after replay resumes, replay_lag_bytes() should fall back to 0")
+
+
+class WritesInBetween:
+    """The primary's connection, except that after each query of replay_lag_bytes() more WAL is
+    written and replayed: as on a busy primary, the standby is then past the position it was given."""
+
+    def __init__(self, conn: asyncpg.Connection, standby: asyncpg.Connection, table: str) -> None:
+        self._conn, self._standby, self._table = conn, standby, table
+
+    def __getattr__(self, name: str):
+        method = getattr(self._conn, name)
+
+        async def then_write(*args, **kwargs):
+            result = await method(*args, **kwargs)
+            await self._conn.execute(f"INSERT INTO {self._table} SELECT coalesce(max(id), 0) + 1 FROM {self._table}")
+            written = await self._conn.fetchval("SELECT pg_current_wal_lsn()::text")
+
+            async def replayed() -> bool:
+                return bool(await self._standby.fetchval("SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
+                                                         written))
+
+            await eventually(replayed, 20, "the standby never replayed the primary's last write")
+            return result
+
+        return then_write
+
+
+async def test_replay_lag_is_zero_not_negative_when_the_standby_is_past_the_primary_position(lab, pair, table_name):
+    await make_table(pair, table_name)
+    async with connect(pair.primary_dsn) as primary, connect(pair.standby_dsn) as standby:
+        lag = await within(lab.replay_lag_bytes(WritesInBetween(primary, standby, table_name), standby), 30,
+                           "replay_lag_bytes() while the primary keeps writing")
+    assert lag == 0, (
+        f"the standby had replayed past the primary's position by the time it was asked, and the lag came out "
+        f"{lag}: writes land between your two queries on a busy primary. Nothing is missing then: report 0, "
+        "never a negative lag")
 
 
 async def test_a_read_after_a_write_waits_for_the_standby_to_replay_it(lab, pair, table_name):
@@ -157,13 +204,24 @@ async def test_a_read_after_a_write_waits_for_the_standby_to_replay_it(lab, pair
 
 async def test_a_read_falls_back_to_the_primary_past_max_wait(lab, pair, table_name):
     await make_table(pair, table_name)
-    async with router(lab, pair, max_wait=0.3) as r, replay_paused(pair):
+    standby_port, on_standby = urlsplit(pair.standby_dsn).port, []
+
+    async def log_standby_queries(conn: asyncpg.Connection) -> None:  # the pools' init: sees every query
+        conn.add_query_logger(lambda q: on_standby.append(q.query) if q.conn_addr[1] == standby_port else None)
+
+    async with router(lab, pair, max_wait=0.5, init=log_standby_queries) as r, replay_paused(pair):
         lsn = await within(r.write(f"INSERT INTO {table_name} VALUES (3, 'urgent')"), 10, "write()")
+        on_standby.clear()
         rows = await within(r.read(f"SELECT note, pg_is_in_recovery() AS standby FROM {table_name} WHERE id = 3",
                                    after=lsn), 8, "read(after=lsn) with a stuck standby (should give up at max_wait)")
         assert [(row["note"], row["standby"]) for row in rows] == [("urgent", False)], (
             f"with the standby stuck, read(after=lsn) should fall back to the primary after max_wait; got {rows}")
         assert r.fallbacks == 1, f"one read fell back to the primary, fallbacks says {r.fallbacks}"
+        assert 5 <= len(on_standby) <= 250, (
+            f"the read asked the standby {len(on_standby)} times in its max_wait of 0.5 s: poll every 10 ms or so "
+            "(await asyncio.sleep(0.01) between polls). Without the pause every waiting reader keeps a standby "
+            "backend busy; one long sleep answers late once the standby catches up. "
+            "(The pools get their options, init= included, from ReplicaRouter's **pool_options.)")
 
 
 # -- what to retry ------------------------------------------------------------------
@@ -211,6 +269,36 @@ async def test_retry_retries_transient_errors_only_and_gives_up_at_the_deadline(
     assert len(calls) >= 2, "a transient error should be retried until the deadline"
     assert len(calls) <= 50, (f"retry() tried {len(calls)} times in 0.5 s: pause between attempts (a growing, "
                               "jittered delay), or every client hammers the server that is coming back")
+
+
+async def test_retry_sleeps_a_doubling_jittered_delay_and_never_past_the_deadline(lab, monkeypatch):
+    loop = asyncio.get_running_loop()
+    sleeps, attempts = record_sleeps(lab.__name__, monkeypatch), []
+
+    async def down() -> None:
+        attempts.append(loop.time())
+        raise ConnectionRefusedError(111, "Connect call failed")
+
+    # The jitter at its two ends: the lowest draw shows a delay halved too far, the highest a cap
+    # or a doubling too large. A lab drawing its jitter another way keeps its own randomness.
+    for end, deadline, base_delay in ((min, 1.5, 0.1), (max, 3.0, 0.2)):
+        monkeypatch.setattr(random, "uniform", lambda a, b, end=end: end(a, b))
+        sleeps.clear(), attempts.clear()
+        start = loop.time()
+        with pytest.raises(ConnectionRefusedError):
+            await within(lab.retry(down, deadline=deadline, base_delay=base_delay), deadline + 10,
+                         f"retry(deadline={deadline:g}) of a server that stays down")
+        assert len(sleeps) == len(attempts) - 1, (
+            f"{len(attempts)} attempts and {len(sleeps)} awaited asyncio.sleep() calls: sleep once between "
+            "two attempts (and await the sleep)")
+        check_backoff(sleeps, start, attempts[0], deadline, base_delay)
+        assert loop.time() - start <= deadline + 0.1, (
+            f"retry(deadline={deadline:g}) gave up after {loop.time() - start:.2f} s: never sleep past the deadline")
+        if end is min:
+            full = [min(base_delay * 2**n, 1.0, start + deadline - at) for n, (at, _) in enumerate(sleeps, 1)]
+            assert any(delay < 0.9 * d for d, (_, delay) in zip(full, sleeps, strict=True)), (
+                f"the sleeps {[round(d, 3) for _, d in sleeps]} are each the full delay: jitter them "
+                "(between d/2 and d), or the clients a failover broke together retry in lockstep")
 
 
 async def test_retry_lets_cancellation_through(lab):

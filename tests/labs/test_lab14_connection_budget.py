@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import threading
 import time
 
 import asyncpg
@@ -73,6 +74,15 @@ def budgeted():
         yield Budgeted(server, build_dsn("127.0.0.1", server_port(server), password, user="app"))
 
 
+def process_exists(pid: int) -> bool:
+    """Whether `pid` is still a process (running, or exited and not yet joined by its parent)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def expect_reports(reports, workers: int, what: str) -> None:
     assert isinstance(reports, list) and len(reports) == workers, (
         f"{what}: Fleet.start() should return one WorkerReport per worker ({workers}), got {reports!r}")
@@ -90,6 +100,11 @@ async def test_read_budget_reports_the_slots_and_the_role_limit(lab, budgeted):
         assert unlimited.role_limit is None, (
             f"role pglab has no CONNECTION LIMIT (rolconnlimit = -1): role_limit should be None, got "
             f"{unlimited.role_limit!r}")
+        await conn.execute("DROP ROLE IF EXISTS locked; CREATE ROLE locked LOGIN CONNECTION LIMIT 0")
+        locked = await within(lab.read_budget(conn, "locked"), 10, "read_budget(conn, 'locked')")
+        assert locked.role_limit == 0, (
+            f"role locked has CONNECTION LIMIT 0 (it may not connect at all): role_limit should be 0, got "
+            f"{locked.role_limit!r}; only -1 means no limit")
         with pytest.raises(ValueError, match="nobody"):
             await within(lab.read_budget(conn, "nobody"), 10, "read_budget(conn, 'nobody')")
     finally:
@@ -107,16 +122,20 @@ def test_usable_connections_take_the_reserved_slots_and_the_role_limit_off(lab):
 
 
 def test_pool_size_per_worker_fits_a_rolling_deploy(lab):
-    cases = [((12, 2, 2, 0), 3), ((12, 2, 0, 0), 6), ((100, 4, 4, 4), 12), ((12, 2, 2, 1), 2), ((13, 2, 2, 0), 3)]
+    cases = [((12, 2, 2, 0), 3), ((12, 2, 0, 0), 6), ((100, 4, 4, 4), 12), ((12, 2, 2, 1), 2), ((13, 2, 2, 0), 3),
+             ((4, 2, 2, 0), 1), ((5, 2, 1, 2), 1),  # exactly one connection each still fits
+             ((10, 1, 1, 0), 5), ((10, 1, 0, 0), 10)]  # one worker is a fleet too
     for (usable, workers, surge, headroom), size in cases:
         got = lab.pool_size_per_worker(usable, workers, surge=surge, headroom=headroom)
         assert got == size, (f"{workers} workers + {surge} during a deploy, {headroom} kept for admin, in "
                              f"{usable} connections: max_size {size} (rounded down), got {got}")
     with pytest.raises(ValueError, match="PgBouncer"):
         lab.pool_size_per_worker(3, 2, surge=2)
-    for bad in ((12, 0, 0), (12, 2, -1)):
+    with pytest.raises(ValueError, match=r"\b4\b"):  # 2 + 1 processes, one each, and 1 for admin
+        lab.pool_size_per_worker(3, 2, surge=1, headroom=1)
+    for usable, workers, surge, headroom in ((12, 0, 0, 0), (12, 2, -1, 0), (12, 2, 0, -1)):
         with pytest.raises(ValueError):
-            lab.pool_size_per_worker(bad[0], bad[1], surge=bad[2])
+            lab.pool_size_per_worker(usable, workers, surge=surge, headroom=headroom)
 
 
 def test_a_fleet_of_worker_processes_holds_its_pools_on_the_server(lab, budgeted):
@@ -132,7 +151,37 @@ def test_a_fleet_of_worker_processes_holds_its_pools_on_the_server(lab, budgeted
         assert held == 6, f"2 workers x 3 connections should show 6 backends of role app on the server, saw {held}"
     finally:
         fleet.close()
+    running = [pid for pid in pids if process_exists(pid)]
+    assert not running, (f"Fleet.close() returned while worker processes {running} still existed: join() each "
+                         "worker, so a deploy script knows the old fleet is gone when close() returns")
     budgeted.wait_no_app_backends()
+
+
+def test_fleet_start_gives_up_at_its_timeout_when_a_worker_never_reports(lab):
+    # A DSN asyncpg cannot parse: the worker dies before it can report (its traceback shows below).
+    fleet = lab.Fleet("postgresql://app@127.0.0.1:not-a-port/pglab", 1, 1)
+    outcome: list[BaseException | object] = []
+
+    def start() -> None:
+        try:
+            outcome.append(fleet.start(timeout=1))
+        except BaseException as exc:  # the expected end: queue.Empty, or the lab's own error
+            outcome.append(exc)
+
+    thread = threading.Thread(target=start, daemon=True)
+    thread.start()
+    thread.join(20)
+    try:
+        assert not thread.is_alive(), (
+            "Fleet.start(timeout=1) was still waiting 20 s later for a worker that had died: pass the timeout to "
+            "the wait for each report (queue.get(timeout=...)), or a crashed worker hangs the deploy")
+        if isinstance(outcome[0], NotImplementedError):
+            raise outcome[0]
+        assert isinstance(outcome[0], Exception), (
+            f"a worker died without reporting, yet Fleet.start() returned {outcome[0]!r}: it should raise")
+    finally:
+        if not thread.is_alive():
+            fleet.close()
 
 
 def test_a_rolling_deploy_overruns_the_naive_budget_and_fits_the_planned_one(lab, budgeted):
@@ -165,10 +214,11 @@ def test_a_rolling_deploy_overruns_the_naive_budget_and_fits_the_planned_one(lab
 # -- timeouts as a system ------------------------------------------------------------
 def test_the_timeout_budget_rejects_timeouts_in_the_wrong_order(lab):
     lab.TimeoutBudget().validate()  # the defaults fit together
-    wrong = {"lock": {"lock": 3.0}, "statement": {"statement": 3.5}, "transaction": {"transaction": 1.5},
-             "request": {"acquire": 1.0, "command": 4.5}, "connect": {"connect": 1.5},
-             "positive": {"lock": 0.0}, "query_wait": {"query_wait": 1.0}}
-    for says, change in wrong.items():
+    wrong = [("lock", {"lock": 3.0}), ("statement", {"statement": 3.5}), ("transaction", {"transaction": 1.5}),
+             ("request", {"acquire": 1.0, "command": 4.5}), ("connect", {"connect": 1.5}),
+             ("positive", {"lock": 0.0}), ("positive", {"idle_in_transaction": -1.0}),
+             ("query_wait", {"query_wait": 1.0})]
+    for says, change in wrong:
         with pytest.raises(ValueError, match=says):
             lab.TimeoutBudget(**change).validate()
     # Behind PgBouncer a query first waits in its queue, then runs: both inside one command_timeout.
@@ -337,6 +387,16 @@ async def test_pgbouncer_bounces_a_queued_query_before_the_client_gives_up(lab, 
         f"saying 'query_wait_timeout', and timeout_layer() should name it so. Got {type(exc).__name__}: {exc} -> "
         f"{layer!r}. A TimeoutError means the client gave up first: is query_wait_timeout in seconds (0 turns it "
         f"off)? 'other' or 'connection lost': look for PgBouncer's word in the message")
+
+
+def test_timeout_layer_names_the_session_timeouts_by_their_errors(lab):
+    # The server ends the session with FATAL; asyncpg raises these when the message reaches a query in flight.
+    for exc, layer in ((asyncpg.IdleInTransactionSessionTimeoutError(
+                            "terminating connection due to idle-in-transaction timeout"),
+                        "idle_in_transaction_session_timeout"),
+                       (asyncpg.TransactionTimeoutError("terminating connection due to transaction timeout"),
+                        "transaction_timeout")):
+        assert lab.timeout_layer(exc) == layer, f"{type(exc).__name__}: {exc} is the server's {layer}"
 
 
 def test_timeout_layer_calls_other_errors_other(lab):
