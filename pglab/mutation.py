@@ -131,6 +131,12 @@ def lab_modules(course: Course, lab: Lab) -> list[str]:
     return sorted(path.name for path in (course.root / "solutions").glob(f"lab{lab.id}_*.py")) or [f"{lab.module}.py"]
 
 
+def check_command(lab: Lab, target: Path) -> list[str]:
+    """The lab's checks against `target`, stopping at the first failure: one mutant's verdict."""
+    disabled = [arg for name in UNUSED_PLUGINS for arg in ("-p", f"no:{name}")]
+    return [sys.executable, "-m", "pytest", lab.tests, "--target", str(target), "-x", "-q", "--no-header", *disabled]
+
+
 def _config(modules: list[Path], command: str, timeout: float) -> str:
     return "\n".join([
         "[cosmic-ray]",
@@ -180,9 +186,7 @@ def run_lab(course: Course, lab: Lab, workdir: Path, timeout: float = 120.0) -> 
         return LabScore(lab.id, error=INSTALL_HINT)
     folder = write_solved(course, workdir / lab.id / "labs")
     names = lab_modules(course, lab)
-    disabled = " ".join(f"-p no:{name}" for name in UNUSED_PLUGINS)
-    command = (f"{shlex.quote(sys.executable)} -m pytest {lab.tests} --target {shlex.quote(str(folder))} "
-               f"-x -q --no-header {disabled}")
+    command = shlex.join(check_command(lab, folder))
     config, session = workdir / lab.id / "cosmic-ray.toml", workdir / lab.id / "session.sqlite"
     config.write_text(_config([folder / name for name in names], command, timeout))
     session.unlink(missing_ok=True)  # a fresh run: cosmic-ray refuses to init over an old session's results
@@ -208,6 +212,8 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option(help="folder for the sessions and the scores")] = Path("mutation-results"),
         jobs: Annotated[int, typer.Option(help="labs mutated in parallel")] = 2,
         timeout: Annotated[float, typer.Option(help="seconds for one mutant's checks")] = 120.0,
+        survivors: Annotated[bool, typer.Option(
+            "--survivors", help="re-run only the survivors of the last run in --out, against today's checks")] = False,
     ) -> None:
         """Author command: automatic mutation run (cosmic-ray) over the solution regions; a score per lab."""
         from rich.console import Console
@@ -217,6 +223,9 @@ def register(app: typer.Typer) -> None:
 
         course = load_course()
         chosen = [course.lab(lab_id) for lab_id in labs] if labs else course.labs
+        if survivors:
+            _rerun(course, chosen, out.resolve(), jobs, timeout)
+            return
         out.mkdir(parents=True, exist_ok=True)
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
             scores = list(pool.map(lambda lab: run_lab(course, lab, out.resolve(), timeout), chosen))
@@ -230,6 +239,32 @@ def register(app: typer.Typer) -> None:
              for s in scores], indent=1))
         if any(s.error for s in scores):
             raise typer.Exit(1)
+
+
+def _rerun(course: Course, labs: list[Lab], out: Path, jobs: int, timeout: float) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .mutation_rerun import rerun_survivors
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        reruns = list(pool.map(lambda lab: rerun_survivors(course, lab, out, check_command, timeout), labs))
+    table = Table("lab", "survivors", "killed now", "still surviving", "stale", "score now",
+                  title="survivors of the last run, against today's checks")
+    for r in reruns:
+        if not r.error:
+            table.add_row(r.lab, str(len(r.killed) + len(r.survivors) + len(r.stale)), str(len(r.killed)),
+                          str(len(r.survivors)), str(len(r.stale)), f"{r.score:.0%} of {r.run}")
+    console = Console()
+    if table.rows:
+        console.print(table)
+    if any(r.stale for r in reruns):
+        console.print("stale: the solution's lines changed since that run; run those labs in full again")
+    for r in reruns:
+        if r.error:
+            console.print(f"lab {r.lab}: {r.error}", soft_wrap=True)
+    if any(r.error for r in reruns):
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":  # `python -m pglab.mutation init|exec ...`: cosmic-ray plus the course operators
