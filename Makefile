@@ -81,9 +81,14 @@ lab: setup
 
 # Test files run on TEST_JOBS workers (pytest-xdist), each file whole on one worker: most checks
 # wait on the server, not the CPU, so 3 workers halve the time even on 2 cores. TEST_JOBS=0: serial.
+# A notebook's kernel is given five free ports that it binds only once it has started; amid the
+# checks' connections another process can take one first (ZMQError: Address already in use) and
+# the kernel never answers. Only that, a kernel that did not start, is run again (twice at most,
+# shown as R); a failing cell or check never is.
 TEST_JOBS ?= 3
+RERUN_KERNEL_START := --reruns 2 --only-rerun "Kernel didn't respond"
 test: db-up
-	$(BIN)/pytest --nbmake -n $(TEST_JOBS) --dist loadfile tests tutorials workshops $(ARGS)
+	$(BIN)/pytest --nbmake -n $(TEST_JOBS) --dist loadfile $(RERUN_KERNEL_START) tests tutorials workshops $(ARGS)
 
 check: setup
 	$(BIN)/pglab check $(LAB)
