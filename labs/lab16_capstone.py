@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+import asyncpg
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -58,7 +59,8 @@ class Service:
         self.metrics: Any = None
 
     async def start(self) -> None:
-        """Open the pool, create the table, start the monitor and the metrics."""
+        """Open the pool, create the table (other workers may be creating it at the same moment),
+        start the monitor and the metrics."""
         raise NotImplementedError("TODO: implement start()")
 
     async def stop(self) -> None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+import asyncpg
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -56,7 +57,8 @@ class Service:
         self.metrics: Any = None
 
     async def start(self) -> None:
-        """Open the pool, create the table, start the monitor and the metrics."""
+        """Open the pool, create the table (other workers may be creating it at the same moment),
+        start the monitor and the metrics."""
         # BEGIN SOLUTION
         kwargs = self.settings.get_pool_kwargs()
         dsn = kwargs.pop("dsn")
@@ -69,7 +71,11 @@ class Service:
         else:
             await self.db.initialize(dsn, **kwargs, application_name=APPLICATION_NAME)
         async with self.db.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
-            await conn.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} (id int PRIMARY KEY, value text NOT NULL)")
+            # Every worker gets here at once on a new database. IF NOT EXISTS is a check, not a lock:
+            # the loser of the race fails on the catalog's unique index once the winner commits, and
+            # then the table is there, so that error is success (tutorial 16, section 1).
+            with contextlib.suppress(asyncpg.UniqueViolationError, asyncpg.DuplicateTableError):
+                await conn.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} (id int PRIMARY KEY, value text NOT NULL)")
         self.metrics = self.parts.production.PoolMetricsExporter(self.db.pool, registry=self.registry)
         self.monitor = self.parts.health.ConnectionHealthMonitor(self.db, check_interval=1.0, timeout=1.0)
         await self.monitor.check_health()  # ready from the first request, not one interval later
