@@ -82,7 +82,8 @@ class QueuePool:
         waiter: asyncio.Future[_Record | None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
-            return await asyncio.wait_for(waiter, timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: on 3.11 it drops a cancel that comes as we are served
+                return await waiter
         except BaseException as exc:
             # Served just as we gave up (timeout or cancellation): pass it on, or it is lost.
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:

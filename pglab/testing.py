@@ -83,6 +83,16 @@ def check_backoff(sleeps: list[tuple[float, float]], start: float, first: float,
         )
 
 
+
+def check_jittered(sleeps: list[tuple[float, float]], start: float, deadline: float, base_delay: float,
+                   lockstep: str) -> None:
+    """Fail when every sleep is its full delay d of `check_backoff`, with `random.uniform` drawing
+    its lowest value: the jitter was left out. `lockstep` says who would then retry together."""
+    full = [min(base_delay * 2**n, 1.0, start + deadline - at) for n, (at, _) in enumerate(sleeps, 1)]
+    assert any(delay < 0.9 * d for d, (_, delay) in zip(full, sleeps, strict=True)), (
+        f"the sleeps {[round(d, 3) for _, d in sleeps]} are each the full delay: jitter them "
+        f"(between d/2 and d), or {lockstep} retry in lockstep")
+
 async def hold_pgbouncer_server_connection(bouncer: str) -> Any:
     """A client keeping a one-server-connection PgBouncer's connection in an open transaction.
 

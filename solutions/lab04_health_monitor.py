@@ -59,8 +59,10 @@ class ConnectionHealthMonitor:
         error: str | None = None
         try:
             # One deadline for acquire + query: waiting for a free connection
-            # counts too, since that is what a request would wait for.
-            await asyncio.wait_for(self._ping(), self.timeout)
+            # counts too, since that is what a request would wait for. Not wait_for:
+            # on Python 3.11 it drops a stop that arrives as the ping ends (tutorial 04).
+            async with asyncio.timeout(self.timeout):
+                await self._ping()
         except TimeoutError:
             error = f"timed out after {self.timeout:g} s: pool exhausted or server not responding"
         except Exception as exc:  # noqa: BLE001 - any failure is a health result, not a crash

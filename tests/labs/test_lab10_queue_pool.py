@@ -307,6 +307,30 @@ async def test_waiters_are_served_by_checkins_and_cancelled_waiters_leak_nothing
     assert (pool.stats()["size"], len(fake.opened)) == (1, 2), f"nothing should leak: {pool.stats()}"
 
 
+
+async def test_a_waiter_cancelled_as_it_is_served_is_cancelled_and_passes_the_connection_on(make_pool):
+    # The check-in hands the connection over, and the waiter is cancelled before it has run: it must
+    # raise CancelledError (its caller asked to stop) and pass the connection on. On Python 3.11
+    # asyncio.wait_for returns the connection instead and drops the cancellation
+    # (https://github.com/python/cpython/issues/86296).
+    pool = make_pool(pool_size=1, max_overflow=0, pool_timeout=10)
+    held = await within(pool.acquire(), 5, "acquire()")
+    waiter = asyncio.create_task(pool.acquire())
+    await eventually(waiting(pool, 1), 5, "a second borrower should be waiting")
+    await pool.release(held)  # awaited directly (within() would let the waiter run first)
+    if not waiter.done():  # served, and not yet run: cancel it in that same step
+        waiter.cancel()
+        await asyncio.wait([waiter], timeout=5)
+        if not waiter.cancelled():
+            if waiter.done() and waiter.exception() is None:
+                await pool.release(waiter.result())
+            pytest.fail("a waiter cancelled in the step a check-in served it returned the connection: its "
+                        "cancellation was lost (asyncio.wait_for on Python 3.11 does that; _wait uses asyncio.timeout)",
+                        pytrace=False)
+        again = await within(pool.acquire(timeout=1), 5, "acquire() after the cancelled waiter")
+        assert again is held, f"the cancelled waiter's connection should go back to the pool: {counts(pool)}"
+        await pool.release(again)
+
 # Checkpoint 3: a connect that fails or is cancelled gives its slot back
 
 
