@@ -67,15 +67,20 @@ def record_sleeps(module_name: str, monkeypatch: pytest.MonkeyPatch) -> list[tup
     return sleeps
 
 
+def full_delay(base_delay: float, n: int, time_left: float) -> float:
+    """The n-th pause of a doubling backoff before its jitter: min(base_delay * 2**n, 1 s, time left)."""
+    return min(base_delay * 2**n, 1.0, time_left)
+
+
 def check_backoff(sleeps: list[tuple[float, float]], start: float, first: float, deadline: float,
                   base_delay: float) -> None:
-    """Fail unless the n-th sleep lies between d/2 and d, d = min(base_delay * 2**n, 1 s, time left).
+    """Fail unless the n-th sleep lies between d/2 and d, d = `full_delay(base_delay, n, time left)`.
 
     The deadline began between `start` (before the call) and `first` (its first attempt).
     """
     for n, (at, delay) in enumerate(sleeps, 1):
-        least, most = deadline - (at - start), deadline - (at - first)
-        low, high = min(base_delay * 2**n, 1.0, least) / 2, min(base_delay * 2**n, 1.0, most)
+        low = full_delay(base_delay, n, start + deadline - at) / 2
+        high = full_delay(base_delay, n, first + deadline - at)
         assert low - 1e-3 <= delay <= high + 1e-3, (
             f"after failed attempt {n} it slept {delay:.3f} s; expected between d/2 and d with "
             f"d = min(base_delay * 2**{n}, 1 s, time left) = {high:.3f} s (base_delay={base_delay:g}). "
@@ -83,15 +88,15 @@ def check_backoff(sleeps: list[tuple[float, float]], start: float, first: float,
         )
 
 
-
 def check_jittered(sleeps: list[tuple[float, float]], start: float, deadline: float, base_delay: float,
                    lockstep: str) -> None:
     """Fail when every sleep is its full delay d of `check_backoff`, with `random.uniform` drawing
     its lowest value: the jitter was left out. `lockstep` says who would then retry together."""
-    full = [min(base_delay * 2**n, 1.0, start + deadline - at) for n, (at, _) in enumerate(sleeps, 1)]
+    full = [full_delay(base_delay, n, start + deadline - at) for n, (at, _) in enumerate(sleeps, 1)]
     assert any(delay < 0.9 * d for d, (_, delay) in zip(full, sleeps, strict=True)), (
         f"the sleeps {[round(d, 3) for _, d in sleeps]} are each the full delay: jitter them "
         f"(between d/2 and d), or {lockstep} retry in lockstep")
+
 
 async def hold_pgbouncer_server_connection(bouncer: str) -> Any:
     """A client keeping a one-server-connection PgBouncer's connection in an open transaction.

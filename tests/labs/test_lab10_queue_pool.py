@@ -307,7 +307,6 @@ async def test_waiters_are_served_by_checkins_and_cancelled_waiters_leak_nothing
     assert (pool.stats()["size"], len(fake.opened)) == (1, 2), f"nothing should leak: {pool.stats()}"
 
 
-
 async def test_a_waiter_cancelled_as_it_is_served_is_cancelled_and_passes_the_connection_on(make_pool):
     # The check-in hands the connection over, and the waiter is cancelled before it has run: it must
     # raise CancelledError (its caller asked to stop) and pass the connection on. On Python 3.11
@@ -330,6 +329,7 @@ async def test_a_waiter_cancelled_as_it_is_served_is_cancelled_and_passes_the_co
         again = await within(pool.acquire(timeout=1), 5, "acquire() after the cancelled waiter")
         assert again is held, f"the cancelled waiter's connection should go back to the pool: {counts(pool)}"
         await pool.release(again)
+
 
 # Checkpoint 3: a connect that fails or is cancelled gives its slot back
 

@@ -129,7 +129,9 @@ async def test_start_survives_another_worker_creating_the_table_at_the_same_mome
 
             async def waits_on_the_other_creator() -> bool:
                 nonlocal waited
-                await other.execute("SELECT pg_stat_clear_snapshot()")  # else the transaction sees one snapshot
+                # pg_stat_activity holds still within a transaction, until pg_stat_clear_snapshot():
+                # https://www.postgresql.org/docs/current/monitoring-stats.html#MONITORING-STATS-FUNCTIONS
+                await other.execute("SELECT pg_stat_clear_snapshot()")
                 waited = await other.fetchval(  # a backend blocked by this check's transaction
                     "SELECT count(*) > 0 FROM pg_stat_activity WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid))")
                 return waited or starting.done()
